@@ -1,0 +1,111 @@
+"""Listing: turn a source URI (prefix, glob, single file or manifest) into video references."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from vidbatch.errors import ConfigError, describe
+from vidbatch.storage import filesystem
+
+VIDEO_EXTENSIONS = frozenset(
+    "mp4 m4v mov mkv webm avi mpg mpeg ts mts m2ts flv wmv 3gp ogv y4m".split()
+)
+MANIFEST_EXTENSIONS = (".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """One listed video: where it is and what identifies its content."""
+
+    uri: str
+    size_bytes: int
+    etag: str | None = None
+    mtime: str | None = None
+    error: str | None = None  # set when a manifest names a file that cannot be listed
+
+    @property
+    def content_key(self) -> str:
+        return self.etag or f"{self.size_bytes}:{self.mtime}"
+
+    @property
+    def video_id(self) -> str:
+        """Stable across runs while the content is unchanged."""
+        return hashlib.sha256(f"{self.uri}\n{self.content_key}".encode()).hexdigest()[:20]
+
+
+def list_videos(
+    uri: str, storage_options: Mapping[str, Any] | None = None, limit: int | None = None
+) -> list[VideoRef]:
+    """List the videos a source names, sorted by URI. A missing source is a ConfigError."""
+    try:
+        fs, path = filesystem(uri, storage_options)
+        if uri.lower().endswith(MANIFEST_EXTENSIONS):
+            refs = _from_manifest(fs, path, uri, storage_options)
+        elif any(ch in path for ch in "*?["):
+            refs = [_ref(fs, p, info) for p, info in fs.glob(path, detail=True).items()]
+        elif fs.isdir(path):
+            found = fs.find(path, detail=True)
+            refs = [_ref(fs, p, info) for p, info in found.items() if _is_video_name(p)]
+        elif fs.isfile(path):
+            refs = [_ref(fs, path, fs.info(path))]
+        else:
+            raise ConfigError(f"source.uri: no such file, folder or prefix: {uri}")
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"source.uri: cannot list {uri} ({describe(exc)})") from exc
+    refs.sort(key=lambda r: r.uri)
+    return refs[:limit] if limit is not None else refs
+
+
+def _is_video_name(path: str) -> bool:
+    return path.rsplit(".", 1)[-1].lower() in VIDEO_EXTENSIONS if "." in path else False
+
+
+def _ref(fs: Any, path: str, info: Mapping[str, Any]) -> VideoRef:
+    etag = info.get("ETag") or info.get("etag")
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if isinstance(mtime, (int, float)):
+        mtime = datetime.fromtimestamp(mtime).isoformat()
+    elif mtime is not None:
+        mtime = str(mtime)
+    return VideoRef(
+        uri=_full_uri(fs, path),
+        size_bytes=int(info.get("size") or 0),
+        etag=str(etag).strip('"') if etag else None,
+        mtime=mtime,
+    )
+
+
+def _full_uri(fs: Any, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+
+
+def _from_manifest(fs: Any, path: str, uri: str, storage_options: Any) -> list[VideoRef]:
+    with fs.open(path, "rb") as handle:
+        data = handle.read()
+    table = pq.read_table(io.BytesIO(data)) if path.endswith(".parquet") else pacsv.read_csv(pa.py_buffer(data))
+    if "uri" not in table.column_names:
+        raise ConfigError(f"source.uri: manifest {uri} has no 'uri' column")
+    uris = [u for u in table.column("uri").to_pylist() if u]
+
+    def stat(video_uri: str) -> VideoRef:
+        try:
+            vfs, vpath = filesystem(video_uri, storage_options)
+            return _ref(vfs, vpath, vfs.info(vpath))
+        except (OSError, ValueError) as exc:
+            return VideoRef(uri=video_uri, size_bytes=0, error=f"catalog: {describe(exc)}")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(stat, dict.fromkeys(uris)))

@@ -1,0 +1,156 @@
+"""The `vidbatch` command line: one verb per task, each with --help."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vidbatch.errors import ConfigError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vidbatch.config import load_config
+    from vidbatch.pipeline import plan_run, run_job
+
+    config = load_config(args.config, args.set)
+    if args.dry_run:
+        plan = plan_run(config, limit=args.limit)
+        failed = sum(1 for s in plan.videos if s.error)
+        seconds = sum(s.info.duration_s for s in plan.videos if s.info)
+        print(
+            f"dry run: {len(plan.videos)} videos ({failed} unreadable), {len(plan.units)} segments, "
+            f"{seconds / 3600:.3f} video-hours, models: "
+            + ", ".join(f"{m.name}@{m.version}" for m in plan.models)
+        )
+        return 0
+    summary = run_job(config, limit=args.limit)
+    print(summary.line())
+    if summary.videos and summary.failed / summary.videos > config.max_failed_fraction:
+        by_stage = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures.items()))
+        print(
+            f"vidbatch: error: {summary.failed} of {summary.videos} videos failed ({by_stage}), "
+            f"more than max_failed_fraction={config.max_failed_fraction}; see status='failed' rows in "
+            f"{config.output.uri.rstrip('/')}/videos/",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from vidbatch.synth import synthesize
+
+    archive = synthesize(
+        args.out,
+        args.videos,
+        seed=args.seed,
+        codec=args.codec,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+    )
+    print(f"wrote {len(archive.uris)} videos to {archive.videos_dir}; labels: {archive.labels_uri}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vidbatch.train import load_train_config, train
+
+    result = train(load_train_config(args.config))
+    print(result)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from vidbatch.models import list_models
+
+    print(f"{'name':<34} {'family':<22} {'task':<9} input")
+    for spec in list_models():
+        print(f"{spec.name:<34} {spec.family:<22} {spec.task:<9} {getattr(spec, 'input', '')}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from vidbatch.query import query
+
+    table = query(args.output, args.sql)
+    if args.format == "table":
+        print(table.to_pandas().to_string(index=False) if table.num_rows else "(no rows)")
+    else:
+        _write_table(table, args.format, args.out)
+    return 0
+
+
+def _write_table(table, fmt: str, out: str | None) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not out:
+        raise ConfigError(f"--format {fmt} needs --out FILE")
+    if fmt == "csv":
+        pacsv.write_csv(table, out)
+    elif fmt == "parquet":
+        pq.write_table(table, out)
+    else:
+        table.to_pandas().to_json(out, orient="records", lines=True)
+    print(f"wrote {table.num_rows} rows to {out}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from vidbatch.demo import run_demo
+
+    return run_demo(args.dir, videos=args.videos)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidbatch", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("run", help="index an archive as a config describes")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--limit", type=int, help="index at most N videos")
+    p.add_argument("--dry-run", action="store_true", help="list and plan without decoding")
+    p.set_defaults(func=_cmd_run)
+
+    p = verbs.add_parser("synth", help="make a labeled synthetic archive")
+    p.add_argument("out")
+    p.add_argument("--videos", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--codec", default="h264", help="h264, hevc, vp9, av1 or mpeg4")
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--max-seconds", type=float, default=20.0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = verbs.add_parser("train", help="train a model on a labeled manifest")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_train)
+
+    p = verbs.add_parser("models", help="list the model registry")
+    p.set_defaults(func=_cmd_models)
+
+    p = verbs.add_parser("query", help="SQL (DuckDB) over the output tables")
+    p.add_argument("output", help="the job's output.uri")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--out", help="file to write for csv/json/parquet")
+    p.set_defaults(func=_cmd_query)
+
+    p = verbs.add_parser("demo", help="synthesize a small archive, index it, query it")
+    p.add_argument("--dir", default="vidbatch-demo")
+    p.add_argument("--videos", type=int, default=20)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"vidbatch: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The job config: one YAML file, validated whole before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from vidbatch.errors import ConfigError
+from vidbatch.specs import ClipSpec, FrameSpec
+
+
+@dataclass(frozen=True)
+class Location:
+    uri: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    segment_seconds: float = 120.0
+    clips: ClipSpec = ClipSpec()
+    frames: FrameSpec = FrameSpec()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    weights: str | None = None  # None: the registry's shipped weights
+    top_k: int = 5
+    min_score: float = 0.3
+    max_detections: int = 100
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpus_per_actor: float | str = "auto"
+    actors: int | str = "auto"
+    batch_size: int | str = "auto"
+    decode_cpus: float = 1.0
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    source: Location
+    output: Location
+    models: tuple[ModelConfig, ...]
+    sampling: Sampling = Sampling()
+    resources: Resources = Resources()
+    incremental: bool = True
+    max_failed_fraction: float = 0.05
+
+    def validate(self) -> JobConfig:
+        if not self.models:
+            raise ConfigError("models: at least one model is required")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError("max_failed_fraction: must be between 0 and 1")
+        if self.sampling.segment_seconds <= 0:
+            raise ConfigError("sampling.segment_seconds: must be > 0")
+        clips, frames = self.sampling.clips, self.sampling.frames
+        if clips.frames < 1 or clips.fps <= 0 or clips.size < 8:
+            raise ConfigError("sampling.clips: frames >= 1, fps > 0 and size >= 8 required")
+        if frames.fps <= 0 or frames.size < 16:
+            raise ConfigError("sampling.frames: fps > 0 and size >= 16 required")
+        for i, model in enumerate(self.models):
+            if model.top_k < 1:
+                raise ConfigError(f"models[{i}].top_k: must be >= 1")
+        for key in ("gpus_per_actor", "actors", "batch_size"):
+            value = getattr(self.resources, key)
+            if isinstance(value, str) and value != "auto":
+                raise ConfigError(f"resources.{key}: expected a number or 'auto', got {value!r}")
+        return self
+
+
+def parse(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from plain data, naming the exact key on any mistake."""
+    label = where or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key '{key}' (allowed: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{key}'")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: unexpected value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return parse(hint, value, key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if hint is int and value != int(value):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b=value` overrides; values are parsed as YAML (numbers, bools, lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        leaf = parts[-1]
+        if isinstance(node, list):
+            if not leaf.isdigit() or int(leaf) >= len(node):
+                raise ConfigError(f"--set {dotted}: no list item {leaf}")
+            node[int(leaf)] = yaml.safe_load(raw)
+        else:
+            node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a job config; every mistake is a one-line ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def config_from_dict(data: dict[str, Any]) -> JobConfig:
+    return parse(JobConfig, data).validate()
+
+
+def to_dict(config: Any) -> Any:
+    """Plain data for hashing and records (dataclasses -> dicts, tuples -> lists)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config

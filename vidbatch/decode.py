@@ -1,0 +1,244 @@
+"""PyAV probing and decoding: each work unit is opened once, seeked to its first keyframe,
+and only the frames the models use are converted (and converted once, at the size they need)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+
+from vidbatch.errors import StageError, describe
+from vidbatch.specs import ClipSpec, FrameSpec
+from vidbatch.storage import is_local, local_path, open_input
+
+# A frame is "displayed at t" when its presentation time is <= t; this absorbs float rounding.
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What probing a container tells: enough to plan work without decoding."""
+
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    codec: str
+    rotation: int = 0
+    start_s: float = 0.0
+
+
+@contextmanager
+def open_video(uri: str, storage_options: Mapping[str, Any] | None = None, *, stage: str = "decode"):
+    """(container, video stream) with errors turned into one-line StageErrors."""
+    handle = None
+    try:
+        if is_local(uri):
+            source: Any = local_path(uri)
+        else:
+            handle = source = open_input(uri, storage_options)
+        try:
+            container = av.open(source, mode="r", metadata_errors="ignore")
+        except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
+            raise StageError(stage, f"cannot open as a video container ({describe(exc)})") from exc
+        try:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise StageError(stage, f"no video stream (streams: {', '.join(kinds)})")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            yield container, stream
+        finally:
+            container.close()
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def probe(uri: str, storage_options: Mapping[str, Any] | None = None) -> VideoInfo:
+    """Read duration, rate, size and codec from the container header."""
+    with open_video(uri, storage_options, stage="probe") as (container, stream):
+        return _info(container, stream)
+
+
+def _info(container: Any, stream: Any) -> VideoInfo:
+    tb = stream.time_base
+    start_s = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    if stream.duration and tb:
+        duration = float(stream.duration * tb)
+    elif container.duration:
+        duration = container.duration / av.time_base - max(0.0, start_s - _container_start(container))
+    else:
+        duration = 0.0
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    ctx = stream.codec_context
+    if duration <= 0 and stream.frames and fps:
+        duration = stream.frames / fps
+    if duration <= 0:
+        raise StageError("probe", "video stream has no duration (no frames or broken index)")
+    if not ctx.width or not ctx.height:
+        raise StageError("probe", "video stream has no frame size")
+    return VideoInfo(
+        duration_s=duration,
+        fps=fps,
+        width=ctx.width,
+        height=ctx.height,
+        codec=ctx.name,
+        rotation=_stream_rotation(stream),
+        start_s=start_s,
+    )
+
+
+def _container_start(container: Any) -> float:
+    return container.start_time / av.time_base if container.start_time else 0.0
+
+
+def _stream_rotation(stream: Any) -> int:
+    """Display-matrix rotation in degrees (0/90/180/270), when the stream declares one."""
+    for name in ("rotation", "display_rotation"):
+        value = getattr(stream, name, None)
+        if isinstance(value, (int, float)):
+            return int(round(value)) % 360
+    return 0
+
+
+@dataclass
+class SampledFrames:
+    """What one decode pass produced for a work unit."""
+
+    clips: dict[ClipSpec, np.ndarray] = field(default_factory=dict)  # (N, T, S, S, 3) uint8
+    frames: np.ndarray | None = None  # (M, H, W, 3) uint8, detector input
+    frames_decoded: int = 0
+    frames_used: int = 0
+
+
+def clip_frame_times(starts: Sequence[float], clip: ClipSpec) -> np.ndarray:
+    """(N, T) sample times: clip i shows the frames displayed at starts[i] + j / fps."""
+    return np.asarray(starts, dtype=np.float64)[:, None] + np.arange(clip.frames) / clip.fps
+
+
+def decode_samples(
+    uri: str,
+    *,
+    clips: Mapping[ClipSpec, Sequence[float]] | None = None,
+    frame_spec: FrameSpec | None = None,
+    frame_times: Sequence[float] = (),
+    storage_options: Mapping[str, Any] | None = None,
+) -> SampledFrames:
+    """Decode one work unit once and sample every clip spec and the detector frames from it.
+
+    `clips` maps each clip spec to its clip start times (seconds from the video start).
+    Raises StageError("decode", ...) for corrupt or truncated streams.
+    """
+    clips = {spec: list(starts) for spec, starts in (clips or {}).items() if len(starts)}
+    wanted: list[tuple[float, Any, int]] = []  # (time, output key, flat index)
+    for spec, starts in clips.items():
+        for index, t in enumerate(clip_frame_times(starts, spec).ravel()):
+            wanted.append((float(t), spec, index))
+    if frame_spec is not None:
+        wanted.extend((float(t), frame_spec, index) for index, t in enumerate(frame_times))
+    out = SampledFrames()
+    if not wanted:
+        return out
+    wanted.sort(key=lambda item: item[0])
+
+    with open_video(uri, storage_options) as (container, stream):
+        info = _info(container, stream)
+        buffers: dict[Any, np.ndarray] = {}
+        for spec, starts in clips.items():
+            buffers[spec] = np.empty((len(starts) * spec.frames, spec.size, spec.size, 3), np.uint8)
+        if frame_spec is not None:
+            h, w = detector_frame_shape(info, frame_spec)
+            buffers[frame_spec] = np.empty((len(frame_times), h, w, 3), np.uint8)
+
+        converted: dict[tuple[int, Any], np.ndarray] = {}
+        for (_t, key, index), frame in _frames_at(container, stream, info, wanted, out):
+            cache_key = (id(frame), key)
+            if cache_key not in converted:
+                converted = {k: v for k, v in converted.items() if k[0] == id(frame)}
+                converted[cache_key] = _convert(frame, key, buffers[key].shape[1:3], info.rotation)
+                out.frames_used += 1
+            buffers[key][index] = converted[cache_key]
+
+    for spec, starts in clips.items():
+        out.clips[spec] = buffers[spec].reshape(len(starts), spec.frames, spec.size, spec.size, 3)
+    if frame_spec is not None:
+        out.frames = buffers[frame_spec]
+    return out
+
+
+def _frames_at(
+    container: Any, stream: Any, info: VideoInfo, wanted: list[tuple[float, Any, int]], out: SampledFrames
+) -> Iterator[tuple[tuple[float, Any, int], Any]]:
+    """Yield (request, frame displayed at the request's time), decoding forward from a keyframe."""
+    first = wanted[0][0]
+    if first > 0 and stream.time_base:
+        target = int((first + info.start_s) / stream.time_base)
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+    pending = 0
+    previous = None
+    last_time = -math.inf
+    try:
+        for frame in container.decode(stream):
+            out.frames_decoded += 1
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * stream.time_base) - info.start_s
+            while pending < len(wanted) and t > wanted[pending][0] + _EPS:
+                yield wanted[pending], previous if previous is not None else frame
+                pending += 1
+            previous, last_time = frame, t
+            if pending == len(wanted):
+                return
+    except av.FFmpegError as exc:
+        raise StageError("decode", f"decoder error after {max(last_time, 0):.2f}s ({describe(exc)})") from exc
+    if previous is None:
+        raise StageError("decode", "no decodable frames")
+    # Targets past the last frame are legitimate only within about one frame of the end.
+    slack = 0.5 + (2.0 / info.fps if info.fps else 0.0)
+    if wanted[-1][0] > last_time + slack and wanted[-1][0] < info.duration_s - slack:
+        raise StageError(
+            "decode",
+            f"stream ends at {last_time:.2f}s but the container says {info.duration_s:.2f}s: truncated or corrupt",
+        )
+    for request in wanted[pending:]:
+        yield request, previous
+
+
+def detector_frame_shape(info: VideoInfo, spec: FrameSpec) -> tuple[int, int]:
+    """(height, width) of detector frames: displayed aspect kept, longer side = spec.size."""
+    width, height = info.width, info.height
+    if info.rotation in (90, 270):
+        width, height = height, width
+    scale = spec.size / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _convert(frame: Any, key: Any, shape: tuple[int, int], rotation: int) -> np.ndarray:
+    """RGB array of the displayed picture at `shape` (height, width); rotation applied after scaling."""
+    height, width = shape
+    if rotation in (90, 270):
+        height, width = width, height
+    rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    if rotation:
+        # Display matrix rotation is counter-clockwise; np.rot90 rotates counter-clockwise for k > 0.
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+    return rgb
+
+
+def decode_clips(
+    uri: str,
+    starts: Sequence[float],
+    clip: ClipSpec,
+    storage_options: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """(N, T, S, S, 3) uint8 clips starting at `starts`; the decode path training shares with inference."""
+    return decode_samples(uri, clips={clip: starts}, storage_options=storage_options).clips.get(
+        clip, np.empty((0, clip.frames, clip.size, clip.size, 3), np.uint8)
+    )

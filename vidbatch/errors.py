@@ -1,0 +1,22 @@
+"""Error types: configuration errors stop a run before it starts; stage errors become rows."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A job or training config is wrong; raised before any video is decoded."""
+
+
+class StageError(Exception):
+    """One video failed in one stage; recorded as `failed` with `stage: message`, never raised past it."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error row: the exception type and its first line, never a traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,77 @@
+"""Committing output: files are staged under `_staging/` and moved into the Hive-partitioned
+tables only when a run has produced them whole, so readers never see half-written files."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vidbatch import tables
+from vidbatch.storage import filesystem, join
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def partition_value(value: str) -> str:
+    """A Hive path segment that cannot escape its folder: URI-encoded, dots encoded when leading."""
+    encoded = quote(str(value), safe="-_.")
+    if encoded.startswith("."):
+        encoded = encoded.replace(".", "%2E")
+    return encoded or "_"
+
+
+def file_name(value: str) -> str:
+    """A file name made only of safe characters."""
+    return _SAFE_NAME.sub("_", value).lstrip(".") or "_"
+
+
+class TableSink:
+    """Stage partitioned Parquet files for one run, then move them into place together."""
+
+    def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None, run_id: str):
+        self.output_uri = output_uri.rstrip("/")
+        self.fs, self.root = filesystem(self.output_uri, storage_options)
+        self.run_id = run_id
+        self.staging = join(self.root, "_staging", file_name(run_id))
+        self.staged: list[str] = []  # relative paths
+
+    def stage(self, name: str, table: pa.Table, partitions: Mapping[str, str], part: str) -> None:
+        """Write rows of one table into the partition given by `partitions` (e.g. model, date)."""
+        if table.num_rows == 0:
+            return
+        schema = tables.TABLES[name]
+        table = table.select(schema.names).cast(schema)
+        folders = [f"{key}={partition_value(partitions[key])}" for key in tables.PARTITIONS[name]]
+        relative = "/".join([name, *folders, f"{file_name(part)}.parquet"])
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        target = join(self.staging, relative)
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(target, buffer.getvalue())
+        self.staged.append(relative)
+
+    def stage_by(self, name: str, table: pa.Table, column: str, partitions: Mapping[str, str], part: str) -> None:
+        """Stage one file per distinct value of `column` (e.g. one per model)."""
+        for value in pc.unique(table.column(column)).to_pylist() if table.num_rows else []:
+            rows = table.filter(pc.equal(table.column(column), value))
+            self.stage(name, rows, {**partitions, column: value}, part)
+
+    def commit(self) -> list[str]:
+        """Move every staged file into the tables; same-named files are replaced, never doubled."""
+        committed = []
+        for relative in self.staged:
+            target = join(self.root, relative)
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.mv(join(self.staging, relative), target)
+            committed.append(relative)
+        if self.fs.exists(self.staging):
+            self.fs.rm(self.staging, recursive=True)
+        self.staged = []
+        return committed

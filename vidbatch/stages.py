@@ -1,0 +1,190 @@
+"""Pipeline stages: small typed classes with a setup and a per-batch call; the Ray plumbing
+that runs them lives in pipeline.py. Per-video failures are returned as data, never raised."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vidbatch import tables
+from vidbatch.config import ModelConfig
+from vidbatch.decode import decode_samples
+from vidbatch.errors import StageError, describe
+from vidbatch.planning import Segment, clip_starts, frame_times, in_segment
+from vidbatch.specs import ClipSpec, FrameSpec
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One segment of one video: what the decode stage receives (as a Ray Data row)."""
+
+    video_id: str
+    uri: str
+    segment_index: int
+    segment_count: int
+    start_s: float
+    end_s: float
+    duration_s: float
+
+    @property
+    def segment(self) -> Segment:
+        return Segment(self.segment_index, self.start_s, self.end_s)
+
+    @property
+    def is_last(self) -> bool:
+        return self.segment_index == self.segment_count - 1
+
+
+def _unit(row: Mapping[str, Any]) -> WorkUnit:
+    return WorkUnit(**{f: row[f] for f in WorkUnit.__dataclass_fields__})
+
+
+@dataclass
+class DecodeStage:
+    """Decode a segment once; sample every clip spec and the detector frames from that pass."""
+
+    clip_specs: tuple[ClipSpec, ...]
+    frame_spec: FrameSpec | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        unit = _unit(row)
+        out: dict[str, Any] = {**row, "error": None, "frames_decoded": 0, "frames_used": 0}
+        starts = {
+            spec: in_segment(clip_starts(unit.duration_s, spec), unit.segment, unit.is_last)
+            for spec in self.clip_specs
+        }
+        times = (
+            in_segment(frame_times(unit.duration_s, self.frame_spec), unit.segment, unit.is_last)
+            if self.frame_spec
+            else []
+        )
+        try:
+            sampled = decode_samples(
+                unit.uri,
+                clips=starts,
+                frame_spec=self.frame_spec,
+                frame_times=times,
+                storage_options=self.storage_options,
+            )
+        except StageError as exc:
+            out["error"] = str(exc)
+            sampled = None
+        except Exception as exc:  # a decoder bug must cost one video, not the job
+            out["error"] = f"decode: {describe(exc)}"
+            sampled = None
+        if sampled is not None:
+            out["frames_decoded"] = sampled.frames_decoded
+            out["frames_used"] = sampled.frames_used
+        for i, spec in enumerate(self.clip_specs):
+            array = sampled.clips.get(spec) if sampled else None
+            _put_array(out, f"clips_{i}", array, (spec.frames, spec.size, spec.size, 3))
+            out[f"clip_starts_{i}"] = np.asarray(starts[spec] if sampled else [], np.float64)
+        frames = sampled.frames if sampled else None
+        _put_array(out, "frames", frames, (1, 1, 3))
+        out["frame_times"] = np.asarray(times if sampled else [], np.float64)
+        return out
+
+
+def _put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_tail: tuple) -> None:
+    """Carry an ndarray as bytes + shape: plain Arrow columns whatever the shapes per row."""
+    if array is None:
+        array = np.empty((0, *empty_tail), np.uint8)
+    row[name] = np.ascontiguousarray(array).tobytes()
+    row[f"{name}_shape"] = np.asarray(array.shape, np.int64)
+
+
+def _get_array(row: Mapping[str, Any], name: str) -> np.ndarray:
+    shape = tuple(int(s) for s in row[f"{name}_shape"])
+    return np.frombuffer(row[name], np.uint8).reshape(shape)
+
+
+@dataclass
+class InferenceStage:
+    """Run every configured model on decoded segments; one actor holds all models once."""
+
+    models: Sequence[ModelConfig]
+    clip_specs: tuple[ClipSpec, ...]
+    run_id: str
+    batch_size: int = 8
+    device: str | None = None
+    loaded: list[Any] = field(default_factory=list, init=False)
+
+    def setup(self) -> None:
+        from vidbatch.models import load_model
+
+        self.loaded = [
+            load_model(m.name, m.weights, storage_options=m.storage_options, device=self.device)
+            for m in self.models
+        ]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.loaded:
+            self.setup()
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["video_id"]))]
+        clips_out: list[bytes] = []
+        errors: list[str | None] = []
+        for row in rows:
+            error = row["error"]
+            table = tables.empty("clips")
+            if error is None:
+                try:
+                    table = self.classify(row)
+                except Exception as exc:  # a model failing on one input fails that video only
+                    error = f"inference: {describe(exc)}"
+            errors.append(error)
+            clips_out.append(tables.to_ipc(table))
+        return {
+            "video_id": batch["video_id"],
+            "segment_index": batch["segment_index"],
+            "error": np.asarray(errors, dtype=object),
+            "frames_decoded": batch["frames_decoded"],
+            "frames_used": batch["frames_used"],
+            "clips": np.asarray(clips_out, dtype=object),
+        }
+
+    def classify(self, row: Mapping[str, Any]) -> pa.Table:
+        parts = []
+        for config, model in zip(self.models, self.loaded, strict=True):
+            if model.task != "classify":
+                continue
+            index = self.clip_specs.index(model.clip)
+            clips = _get_array(row, f"clips_{index}")
+            starts = np.asarray(row[f"clip_starts_{index}"], np.float64)
+            if not len(clips):
+                continue
+            probs = np.concatenate(
+                [model.predict(clips[i : i + self.batch_size]) for i in range(0, len(clips), self.batch_size)]
+            )
+            parts.append(self._clip_rows(row, model, config.top_k, starts, probs))
+        return pa.concat_tables(parts) if parts else tables.empty("clips")
+
+    def _clip_rows(
+        self, row: Mapping[str, Any], model: Any, top_k: int, starts: np.ndarray, probs: np.ndarray
+    ) -> pa.Table:
+        k = min(top_k, probs.shape[1])
+        order = np.argsort(-probs, axis=1)[:, :k]
+        top_scores = np.take_along_axis(probs, order, axis=1).astype(np.float32)
+        labels = np.asarray(model.labels, dtype=object)[order]
+        n = len(starts)
+        duration = float(row["duration_s"])
+        return pa.table(
+            {
+                "video_id": [str(row["video_id"])] * n,
+                "uri": [str(row["uri"])] * n,
+                "clip_start_s": starts,
+                "clip_end_s": np.minimum(starts + model.clip.seconds, duration),
+                "model": [model.name] * n,
+                "model_version": [model.version] * n,
+                "label": labels[:, 0].tolist(),
+                "score": top_scores[:, 0],
+                "labels": labels.tolist(),
+                "scores": top_scores.tolist(),
+                "run_id": [self.run_id] * n,
+            },
+            schema=tables.CLIPS,
+        )
