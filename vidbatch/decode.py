@@ -199,7 +199,7 @@ def _frames_at(
     except av.FFmpegError as exc:
         raise StageError("decode", f"decoder error after {max(last_time, 0):.2f}s ({describe(exc)})") from exc
     if previous is None:
-        raise StageError("decode", "no decodable frames")
+        raise StageError("decode", f"no decodable frames from {first:.2f}s: truncated or corrupt")
     # Targets past the last frame are legitimate only within about one frame of the end.
     slack = 0.5 + (2.0 / info.fps if info.fps else 0.0)
     if wanted[-1][0] > last_time + slack and wanted[-1][0] < info.duration_s - slack:

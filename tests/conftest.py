@@ -1,0 +1,98 @@
+"""Shared real components: one local Ray per session, one moto S3 server, synthetic archives."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEPT_CALLABLE_CLASS", "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session: it takes seconds to start on 2 cores."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP endpoint (moto), as s3fs's own tests use."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """(s3fs filesystem, storage_options) against the moto server, with fake credentials."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    options = {
+        "key": "testing-key-id",
+        "secret": "testing-secret",
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+    }
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(**options)
+    return fs, options
+
+
+def make_bucket(endpoint: str, name: str) -> None:
+    """Create a bucket the way us-east-1 wants it (no location constraint)."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing-key-id",
+        aws_secret_access_key="testing-secret",
+    )
+    client.create_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory):
+    """Eight short labeled videos, made once per session."""
+    from vidbatch.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("archive"), 8, seed=11, min_seconds=2.0, max_seconds=6.0)
+
+
+def job_config(source: str, output: str, **extra) -> dict:
+    """A minimal valid job config as plain data."""
+    config = {
+        "source": {"uri": source},
+        "output": {"uri": output},
+        "models": [{"name": "motion-cnn", "top_k": 3}],
+        "incremental": False,
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,132 @@
+"""The indexing job end to end: real Ray, real PyAV, S3 through a moto server."""
+
+from __future__ import annotations
+
+import pyarrow.dataset as pds
+import pytest
+import s3fs
+
+from tests import media
+from tests.conftest import job_config, make_bucket
+from vidbatch.config import config_from_dict
+from vidbatch.models import load_model
+from vidbatch.pipeline import run_job
+from vidbatch.planning import clip_count
+from vidbatch.synth import write_video
+
+
+def read(output: str, name: str):
+    return pds.dataset(f"{output}/{name}", partitioning="hive").to_table()
+
+
+def read_s3(fs: s3fs.S3FileSystem, output: str, name: str):
+    return pds.dataset(f"{output.removeprefix('s3://')}/{name}", filesystem=fs, partitioning="hive").to_table()
+
+
+def test_s3_source_to_s3_output_has_expected_clips(ray_session, s3, s3_server, small_archive):
+    fs, options = s3
+    make_bucket(s3_server, "archive-src")
+    make_bucket(s3_server, "index-out")
+    for uri in small_archive.uris:
+        fs.put(uri, f"archive-src/videos/{uri.rsplit('/', 1)[-1]}")
+    config = config_from_dict(
+        job_config(
+            "s3://archive-src/videos/",
+            "s3://index-out/idx",
+            source={"uri": "s3://archive-src/videos/", "storage_options": options},
+            output={"uri": "s3://index-out/idx", "storage_options": options},
+        )
+    )
+    summary = run_job(config)
+    assert (summary.videos, summary.ok, summary.failed) == (8, 8, 0)
+
+    videos = read_s3(fs, "s3://index-out/idx", "videos").to_pylist()
+    clips = read_s3(fs, "s3://index-out/idx", "clips")
+    assert {v["status"] for v in videos} == {"ok"} and len(videos) == 8
+    assert set(clips.column("model").to_pylist()) == {"motion-cnn"}  # the model= partition
+    spec = load_model("motion-cnn").clip
+    for video in videos:
+        rows = [c for c in clips.to_pylist() if c["video_id"] == video["video_id"]]
+        assert len(rows) == clip_count(video["duration_s"], spec), video["uri"]
+        assert all(0 <= c["clip_start_s"] < c["clip_end_s"] <= video["duration_s"] + 1e-6 for c in rows)
+        assert all(len(c["labels"]) == 3 and c["labels"][0] == c["label"] for c in rows)
+    assert not fs.exists("index-out/idx/_staging") or not fs.ls("index-out/idx/_staging")
+
+
+def test_long_video_is_split_and_clips_cover_it_once_in_order(ray_session, tmp_path):
+    source = tmp_path / "videos"
+    source.mkdir()
+    write_video(
+        source / "long.mp4", label="moving_left", shape="circle", seconds=50, fps=24,
+        width=160, height=120,
+    )
+    config = config_from_dict(
+        job_config(str(source), str(tmp_path / "out"), sampling={"segment_seconds": 10})
+    )
+    summary = run_job(config)
+    assert summary.ok == 1 and summary.segments == 5
+    video = read(str(tmp_path / "out"), "videos").to_pylist()[0]
+    assert video["segments"] == 5
+    starts = sorted(read(str(tmp_path / "out"), "clips").column("clip_start_s").to_pylist())
+    seconds = load_model("motion-cnn").clip.seconds
+    assert starts == pytest.approx([k * seconds for k in range(clip_count(video["duration_s"], load_model("motion-cnn").clip))])
+    # Each segment seeks to its own keyframe: decoding stays near the frames in range, not O(n^2).
+    assert video["frames_decoded"] < 1.3 * 50 * 24
+
+
+def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(ray_session, tmp_path, small_archive):
+    from vidbatch.cli import main
+
+    source = tmp_path / "videos"
+    source.mkdir()
+    good = [source / f"good{i}.mp4" for i in range(3)]
+    for path, uri in zip(good, small_archive.uris, strict=False):
+        path.write_bytes(open(uri, "rb").read())
+    media.zero_bytes(source / "empty.mp4")
+    media.truncated(good[0], source / "truncated.mp4", 0.5)
+    media.text_as_video(source / "text.mp4")
+    media.audio_only(source / "audio.mp4")
+    config_path = tmp_path / "job.yaml"
+    import yaml
+
+    config_path.write_text(
+        yaml.safe_dump(job_config(str(source), str(tmp_path / "out"), max_failed_fraction=0.6))
+    )
+    assert main(["run", str(config_path)]) == 0
+
+    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in read(str(tmp_path / "out"), "videos").to_pylist()}
+    assert len(rows) == 7
+    assert all(rows[p.name]["status"] == "ok" and rows[p.name]["error"] is None for p in good)
+    expected = {
+        "empty.mp4": "probe: empty file",
+        "truncated.mp4": "probe: cannot open",
+        "text.mp4": "probe: cannot open",
+        "audio.mp4": "probe: no video stream",
+    }
+    for name, prefix in expected.items():
+        assert rows[name]["status"] == "failed" and rows[name]["error"].startswith(prefix), rows[name]
+        assert "\n" not in rows[name]["error"]
+    clips = read(str(tmp_path / "out"), "clips")
+    assert set(clips.column("uri").to_pylist()) == {str(p) for p in good}
+
+    # Over the failure budget: the output is still written, and the exit code says so.
+    config_path.write_text(
+        yaml.safe_dump(job_config(str(source), str(tmp_path / "out2"), max_failed_fraction=0.5))
+    )
+    assert main(["run", str(config_path)]) == 1
+    assert len(read(str(tmp_path / "out2"), "videos")) == 7
+
+
+@pytest.mark.parametrize("model", ["motion-cnn", "motion-transformer"])
+def test_shipped_model_reaches_recorded_accuracy_through_the_pipeline(ray_session, tmp_path_factory, model):
+    from vidbatch.synth import synthesize
+
+    held_out = synthesize(tmp_path_factory.mktemp("heldout"), 24, seed=4242, min_seconds=4, max_seconds=8)
+    out = tmp_path_factory.mktemp("index")
+    config = config_from_dict(job_config(held_out.uris[0].rsplit("/", 1)[0], str(out), models=[{"name": model}]))
+    assert run_job(config).ok == 24
+    truth = dict(zip(held_out.uris, held_out.labels, strict=True))
+    clips = read(str(out), "clips").to_pylist()
+    accuracy = sum(c["label"] == truth[c["uri"]] for c in clips) / len(clips)
+    recorded = load_model(model).metrics["held_out_accuracy"]
+    assert accuracy >= recorded - 0.12, (accuracy, recorded)
