@@ -173,7 +173,8 @@ def _resources(config: JobConfig, segments: int) -> dict[str, Any]:
     res = config.resources
     per_actor = (1.0 if gpus else 0.0) if res.gpus_per_actor == "auto" else float(res.gpus_per_actor)
     if res.actors == "auto":
-        actors = int(gpus // per_actor) if per_actor else max(1, int(cluster.get("CPU", 1)) // 4)
+        # CPU-only, Ray fuses decode into the inference actors: one actor per core decodes in parallel.
+        actors = int(gpus // per_actor) if per_actor else max(1, int(cluster.get("CPU", 1)))
     else:
         actors = int(res.actors)
     batch = (32 if per_actor else 8) if res.batch_size == "auto" else int(res.batch_size)
@@ -217,7 +218,7 @@ def run_job(
             },
             batch_size=4,
             batch_format="numpy",
-            concurrency=res["actors"],
+            compute=ray.data.ActorPoolStrategy(size=res["actors"]),
             num_gpus=res["gpus"],
             num_cpus=0 if res["gpus"] else 1,
         )
@@ -249,9 +250,13 @@ def run_job(
         clips = clips.filter(pc.invert(pc.is_in(clips.column("video_id"), pa.array(list(failed_ids)))))
     videos = videos_table(plan, by_id.values())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    # Named by the work, not the run: the same job run again replaces its files instead of adding.
+    part = "part-" + hashlib.sha256(
+        "\n".join([plan.config_key, *sorted(by_id)]).encode()
+    ).hexdigest()[:16]
     sink = TableSink(config.output.uri, config.output.storage_options, plan.run_id)
-    sink.stage("videos", videos, {"date": date}, part=f"part-{plan.run_id}")
-    sink.stage_by("clips", clips, "model", {"date": date}, part=f"part-{plan.run_id}")
+    sink.stage("videos", videos, {"date": date}, part=part)
+    sink.stage_by("clips", clips, "model", {"date": date}, part=part)
     sink.commit()
     summary.stage_s["commit"] = time.monotonic() - commit_started
 

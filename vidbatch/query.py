@@ -19,8 +19,8 @@ def table_dataset(output_uri: str, name: str, storage_options: Mapping[str, Any]
     """A pyarrow dataset of one output table (Hive partitions as columns), or an empty table."""
     fs, root = filesystem(output_uri, storage_options)
     path = join(root, name)
-    partition_fields = [pa.field(p, pa.string()) for p in tables.PARTITIONS[name]]
-    schema = pa.schema([*tables.TABLES[name], *partition_fields])
+    schema = tables.read_schema(name)
+    partition_fields = [schema.field(p) for p in tables.PARTITIONS[name]]
     if not fs.exists(path):
         return schema.empty_table()
     return pds.dataset(
@@ -47,6 +47,6 @@ def connect(output_uri: str, storage_options: Mapping[str, Any] | None = None) -
 def query(output_uri: str, sql: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
     con = connect(output_uri, storage_options)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        return con.execute(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise ValueError(f"SQL error: {str(exc).splitlines()[0]}") from exc

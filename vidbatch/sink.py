@@ -46,8 +46,8 @@ class TableSink:
         """Write rows of one table into the partition given by `partitions` (e.g. model, date)."""
         if table.num_rows == 0:
             return
-        schema = tables.TABLES[name]
-        table = table.select(schema.names).cast(schema)
+        schema = tables.file_schema(name)
+        table = table.select(schema.names).cast(schema)  # partition columns live in the path only
         folders = [f"{key}={partition_value(partitions[key])}" for key in tables.PARTITIONS[name]]
         relative = "/".join([name, *folders, f"{file_name(part)}.parquet"])
         buffer = io.BytesIO()

@@ -53,7 +53,8 @@ class DecodeStage:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         unit = _unit(row)
-        out: dict[str, Any] = {**row, "error": None, "frames_decoded": 0, "frames_used": 0}
+        # "" rather than None keeps the column a string column in every block.
+        out: dict[str, Any] = {**row, "error": "", "frames_decoded": 0, "frames_used": 0}
         starts = {
             spec: in_segment(clip_starts(unit.duration_s, spec), unit.segment, unit.is_last)
             for spec in self.clip_specs
@@ -121,15 +122,17 @@ class InferenceStage:
             load_model(m.name, m.weights, storage_options=m.storage_options, device=self.device)
             for m in self.models
         ]
+        for model in self.loaded:
+            model.batch_size = self.batch_size
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         if not self.loaded:
             self.setup()
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["video_id"]))]
         clips_out: list[bytes] = []
         errors: list[str | None] = []
         for row in rows:
-            error = row["error"]
+            error = str(row["error"]) or None
             table = tables.empty("clips")
             if error is None:
                 try:
@@ -138,14 +141,16 @@ class InferenceStage:
                     error = f"inference: {describe(exc)}"
             errors.append(error)
             clips_out.append(tables.to_ipc(table))
-        return {
-            "video_id": batch["video_id"],
-            "segment_index": batch["segment_index"],
-            "error": np.asarray(errors, dtype=object),
-            "frames_decoded": batch["frames_decoded"],
-            "frames_used": batch["frames_used"],
-            "clips": np.asarray(clips_out, dtype=object),
-        }
+        return pa.table(
+            {
+                "video_id": pa.array(batch["video_id"].tolist(), pa.string()),
+                "segment_index": pa.array(batch["segment_index"].tolist(), pa.int32()),
+                "error": pa.array(errors, pa.string()),
+                "frames_decoded": pa.array(batch["frames_decoded"].tolist(), pa.int64()),
+                "frames_used": pa.array(batch["frames_used"].tolist(), pa.int64()),
+                "clips": pa.array(clips_out, pa.large_binary()),
+            }
+        )
 
     def classify(self, row: Mapping[str, Any]) -> pa.Table:
         parts = []
@@ -157,9 +162,7 @@ class InferenceStage:
             starts = np.asarray(row[f"clip_starts_{index}"], np.float64)
             if not len(clips):
                 continue
-            probs = np.concatenate(
-                [model.predict(clips[i : i + self.batch_size]) for i in range(0, len(clips), self.batch_size)]
-            )
+            probs = model.predict(clips)
             parts.append(self._clip_rows(row, model, config.top_k, starts, probs))
         return pa.concat_tables(parts) if parts else tables.empty("clips")
 

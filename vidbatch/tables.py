@@ -70,6 +70,20 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def file_schema(name: str) -> pa.Schema:
+    """Columns stored inside the Parquet files: everything but the Hive partition columns."""
+    schema = TABLES[name]
+    for column in PARTITIONS[name]:
+        if column in schema.names:
+            schema = schema.remove(schema.get_field_index(column))
+    return schema
+
+
+def read_schema(name: str) -> pa.Schema:
+    """What readers see: file columns plus partition columns (strings from the path)."""
+    return pa.schema([*file_schema(name), *(pa.field(p, pa.string()) for p in PARTITIONS[name])])
+
+
 def empty(name: str) -> pa.Table:
     return TABLES[name].empty_table()
 
