@@ -266,31 +266,51 @@ def write_video(
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")  # complete or absent, never half-written
     rows: list[dict] = []
-    with av.open(str(partial), "w", format=spec.container, options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream(spec.encoder, rate=rate)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = spec.odd_pix_fmt if width % 2 or height % 2 else "yuv420p"
-        stream.codec_context.time_base = time_base
-        stream.codec_context.thread_count = 1  # deterministic bytes
-        stream.codec_context.gop_size = max(1, round(float(rate)))  # a keyframe every second
-        stream.codec_context.options = dict(spec.options)
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for p in pts:
-            t = float((p - pts[0]) * time_base)
-            frame = background.copy()
-            box = _draw(frame, shape, scene.pose(t), colour)
-            if box is not None:
-                x1, y1, x2, y2 = box
-                rows.append(dict(frame_time_s=t, label=shape, x1=x1, y1=y1, x2=x2, y2=y2))
-            # np.rot90 turns counter-clockwise; storing turns the display frame back.
-            stored = np.ascontiguousarray(np.rot90(frame, k=-rotation // 90)) if rotation else frame
-            video_frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
-            video_frame.pts, video_frame.time_base = p, time_base
-            out.mux(stream.encode(video_frame))
-        out.mux(stream.encode(None))
+    try:
+        with av.open(str(partial), "w", format=spec.container, options=_BITEXACT) as out:
+            stream = _add_stream(out, spec, rate, time_base, width, height, rotation)
+            for p in pts:
+                t = float((p - pts[0]) * time_base)
+                frame = background.copy()
+                box = _draw(frame, shape, scene.pose(t), colour)
+                if box is not None:
+                    x1, y1, x2, y2 = box
+                    rows.append(dict(frame_time_s=t, label=shape, x1=x1, y1=y1, x2=x2, y2=y2))
+                # np.rot90 turns counter-clockwise; storing turns the display frame back.
+                stored = np.ascontiguousarray(np.rot90(frame, k=-rotation // 90))
+                video_frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+                video_frame.pts, video_frame.time_base = p, time_base
+                out.mux(stream.encode(video_frame))
+            out.mux(stream.encode(None))
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
     return rows
+
+
+_BITEXACT = {"fflags": "+bitexact"}  # no random matroska segment id, no version strings
+
+
+def _add_stream(
+    out: av.container.OutputContainer,
+    spec: _Codec,
+    rate: Fraction,
+    time_base: Fraction,
+    width: int,
+    height: int,
+    rotation: int,
+) -> av.video.stream.VideoStream:
+    stream = out.add_stream(spec.encoder, rate=rate)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = spec.odd_pix_fmt if width % 2 or height % 2 else "yuv420p"
+    stream.codec_context.time_base = time_base
+    stream.codec_context.thread_count = 1  # deterministic bytes
+    stream.codec_context.gop_size = max(1, round(float(rate)))  # a keyframe every second
+    stream.codec_context.options = dict(spec.options)
+    if rotation:
+        stream.set_display_rotation(rotation)
+    return stream
 
 
 def synthesize(
