@@ -29,7 +29,6 @@ class VideoInfo:
     width: int
     height: int
     codec: str
-    rotation: int = 0
     start_s: float = 0.0
 
 
@@ -90,22 +89,12 @@ def _info(container: Any, stream: Any) -> VideoInfo:
         width=ctx.width,
         height=ctx.height,
         codec=ctx.name,
-        rotation=_stream_rotation(stream),
         start_s=start_s,
     )
 
 
 def _container_start(container: Any) -> float:
     return container.start_time / av.time_base if container.start_time else 0.0
-
-
-def _stream_rotation(stream: Any) -> int:
-    """Display-matrix rotation in degrees (0/90/180/270), when the stream declares one."""
-    for name in ("rotation", "display_rotation"):
-        value = getattr(stream, name, None)
-        if isinstance(value, (int, float)):
-            return int(round(value)) % 360
-    return 0
 
 
 @dataclass
@@ -148,22 +137,24 @@ def decode_samples(
         return out
     wanted.sort(key=lambda item: item[0])
 
+    counts: dict[Any, int] = {spec: len(starts) * spec.frames for spec, starts in clips.items()}
+    if frame_spec is not None:
+        counts[frame_spec] = len(frame_times)
+    buffers: dict[Any, np.ndarray] = {}
     with open_video(uri, storage_options) as (container, stream):
         info = _info(container, stream)
-        buffers: dict[Any, np.ndarray] = {}
-        for spec, starts in clips.items():
-            buffers[spec] = np.empty((len(starts) * spec.frames, spec.size, spec.size, 3), np.uint8)
-        if frame_spec is not None:
-            h, w = detector_frame_shape(info, frame_spec)
-            buffers[frame_spec] = np.empty((len(frame_times), h, w, 3), np.uint8)
-
         converted: dict[tuple[int, Any], np.ndarray] = {}
         for (_t, key, index), frame in _frames_at(container, stream, info, wanted, out):
             cache_key = (id(frame), key)
             if cache_key not in converted:
+                # The display matrix rides on decoded frames; the picture is stored unrotated.
+                rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+                shape = _output_shape(key, frame.width, frame.height, rotation)
                 converted = {k: v for k, v in converted.items() if k[0] == id(frame)}
-                converted[cache_key] = _convert(frame, key, buffers[key].shape[1:3], info.rotation)
+                converted[cache_key] = _convert(frame, shape, rotation)
                 out.frames_used += 1
+            if key not in buffers:
+                buffers[key] = np.empty((counts[key], *converted[cache_key].shape), np.uint8)
             buffers[key][index] = converted[cache_key]
 
     for spec, starts in clips.items():
@@ -211,16 +202,17 @@ def _frames_at(
         yield request, previous
 
 
-def detector_frame_shape(info: VideoInfo, spec: FrameSpec) -> tuple[int, int]:
-    """(height, width) of detector frames: displayed aspect kept, longer side = spec.size."""
-    width, height = info.width, info.height
-    if info.rotation in (90, 270):
+def _output_shape(key: Any, width: int, height: int, rotation: int) -> tuple[int, int]:
+    """(height, width) after display rotation: clips are square, detector frames keep aspect."""
+    if isinstance(key, ClipSpec):
+        return key.size, key.size
+    if rotation in (90, 270):
         width, height = height, width
-    scale = spec.size / max(width, height)
+    scale = key.size / max(width, height)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _convert(frame: Any, key: Any, shape: tuple[int, int], rotation: int) -> np.ndarray:
+def _convert(frame: Any, shape: tuple[int, int], rotation: int) -> np.ndarray:
     """RGB array of the displayed picture at `shape` (height, width); rotation applied after scaling."""
     height, width = shape
     if rotation in (90, 270):
