@@ -44,6 +44,7 @@ class Resources:
     actors: int | str = "auto"
     batch_size: int | str = "auto"
     decode_cpus: float = 1.0
+    commit_every: int = 64  # videos per committed chunk: what a killed driver can lose
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class JobConfig:
         for i, model in enumerate(self.models):
             if model.top_k < 1:
                 raise ConfigError(f"models[{i}].top_k: must be >= 1")
+        if self.resources.commit_every < 1:
+            raise ConfigError("resources.commit_every: must be >= 1")
         for key in ("gpus_per_actor", "actors", "batch_size"):
             value = getattr(self.resources, key)
             if isinstance(value, str) and value != "auto":

@@ -4,7 +4,7 @@ orphaned files of a killed commit, and the `_runs/` records."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,16 +74,14 @@ def remove_orphans(output_uri: str, storage_options: Mapping[str, Any] | None) -
     return removed
 
 
-def superseded(output_uri: str, storage_options: Mapping[str, Any] | None, names: Iterable[str]) -> list[str]:
-    """Committed files with these names in any partition (an earlier date's copy of the same work)."""
+def committed_files(output_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """File name -> its paths in every table and partition (names are shared across tables)."""
     fs, root = filesystem(output_uri, storage_options)
-    wanted = set(names)
-    return [
-        p
-        for table in ("videos", "clips", "detections")
-        for p in _parquet_files(fs, join(root, table))
-        if _name(p) in wanted
-    ]
+    files: dict[str, list[str]] = {}
+    for table in ("videos", "clips", "detections"):
+        for path in _parquet_files(fs, join(root, table)):
+            files.setdefault(_name(path), []).append(path)
+    return files
 
 
 def _parquet_files(fs: Any, path: str) -> list[str]:

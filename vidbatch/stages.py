@@ -129,18 +129,19 @@ class InferenceStage:
         if not self.loaded:
             self.setup()
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["video_id"]))]
-        clips_out: list[bytes] = []
+        outputs: dict[str, list[bytes]] = {"clips": [], "detections": []}
         errors: list[str | None] = []
         for row in rows:
             error = str(row["error"]) or None
-            table = tables.empty("clips")
+            results = {"clips": tables.empty("clips"), "detections": tables.empty("detections")}
             if error is None:
                 try:
-                    table = self.classify(row)
+                    results = {"clips": self.classify(row), "detections": self.detect(row)}
                 except Exception as exc:  # a model failing on one input fails that video only
                     error = f"inference: {describe(exc)}"
             errors.append(error)
-            clips_out.append(tables.to_ipc(table))
+            for name, table in results.items():
+                outputs[name].append(tables.to_ipc(table))
         return pa.table(
             {
                 "video_id": pa.array(batch["video_id"].tolist(), pa.string()),
@@ -148,23 +149,61 @@ class InferenceStage:
                 "error": pa.array(errors, pa.string()),
                 "frames_decoded": pa.array(batch["frames_decoded"].tolist(), pa.int64()),
                 "frames_used": pa.array(batch["frames_used"].tolist(), pa.int64()),
-                "clips": pa.array(clips_out, pa.large_binary()),
+                "clips": pa.array(outputs["clips"], pa.large_binary()),
+                "detections": pa.array(outputs["detections"], pa.large_binary()),
             }
         )
 
+    def _models(self, task: str):
+        return [(c, m) for c, m in zip(self.models, self.loaded, strict=True) if m.task == task]
+
     def classify(self, row: Mapping[str, Any]) -> pa.Table:
         parts = []
-        for config, model in zip(self.models, self.loaded, strict=True):
-            if model.task != "classify":
-                continue
+        for config, model in self._models("classify"):
             index = self.clip_specs.index(model.clip)
             clips = _get_array(row, f"clips_{index}")
-            starts = np.asarray(row[f"clip_starts_{index}"], np.float64)
-            if not len(clips):
-                continue
-            probs = model.predict(clips)
-            parts.append(self._clip_rows(row, model, config.top_k, starts, probs))
+            if len(clips):
+                starts = np.asarray(row[f"clip_starts_{index}"], np.float64)
+                probs = model.predict(clips)
+                parts.append(self._clip_rows(row, model, config.top_k, starts, probs))
         return pa.concat_tables(parts) if parts else tables.empty("clips")
+
+    def detect(self, row: Mapping[str, Any]) -> pa.Table:
+        frames = _get_array(row, "frames")
+        times = np.asarray(row["frame_times"], np.float64)
+        parts = []
+        for config, model in self._models("detect"):
+            if not len(frames):
+                continue
+            found = model.detect(frames, min_score=config.min_score, max_detections=config.max_detections)
+            records = [
+                (t, label, float(score), *map(float, box))
+                for t, (boxes, scores, labels) in zip(times, found, strict=True)
+                for box, score, label in zip(boxes, scores, labels, strict=True)
+            ]
+            if records:
+                t, label, score, x1, y1, x2, y2 = zip(*records, strict=True)
+                n = len(records)
+                parts.append(
+                    pa.table(
+                        {
+                            "video_id": [str(row["video_id"])] * n,
+                            "uri": [str(row["uri"])] * n,
+                            "frame_time_s": t,
+                            "model": [model.name] * n,
+                            "model_version": [model.version] * n,
+                            "label": label,
+                            "score": score,
+                            "x1": x1,
+                            "y1": y1,
+                            "x2": x2,
+                            "y2": y2,
+                            "run_id": [self.run_id] * n,
+                        },
+                        schema=tables.DETECTIONS,
+                    )
+                )
+        return pa.concat_tables(parts) if parts else tables.empty("detections")
 
     def _clip_rows(
         self, row: Mapping[str, Any], model: Any, top_k: int, starts: np.ndarray, probs: np.ndarray

@@ -239,8 +239,10 @@ def split_videos(video_targets: np.ndarray, fraction: float, seed: int) -> np.nd
 
 def shuffle_channels(clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random RGB order per clip (on uint8, before normalization): colour is not the label."""
-    perms = np.stack([rng.permutation(3) for _ in range(len(clips))])
-    return np.take_along_axis(clips, perms[:, None, None, None, :], axis=-1)
+    out = np.empty_like(clips)
+    for i, clip in enumerate(clips):
+        out[i] = clip[..., rng.permutation(3)]
+    return out
 
 
 def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -339,7 +341,7 @@ def fit(
             nn.utils.clip_grad_norm_(module.parameters(), 2.0)
             optimizer.step()
             schedule.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == y).sum())
             seen += len(idx)
         record = {
