@@ -1,0 +1,203 @@
+"""Reproduce the shipped motion checkpoints: synthesize the labeled archive (seeded), train the
+CNN, RNN and Transformer families on the same decoded clips and the same video split, write
+them to vidbatch/assets/, and (with --report) the results section of docs/models.md.
+
+    python jobs/train.py --family all --report
+
+Hyperparameters live in jobs/train_motion-<family>.yaml (the same files `vidbatch train` reads);
+this script only points them at the synthesized manifest and the assets folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vidbatch.synth import CLASSES, synthesize
+from vidbatch.train import ClipSet, TrainConfig, TrainResult, load_clip_set, load_train_config, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("cnn", "rnn", "transformer")
+PAIRS = (("moving_left", "moving_right"), ("growing", "shrinking"), ("rotating_cw", "rotating_ccw"))
+BEGIN, END = "<!-- results:begin (written by jobs/train.py --report) -->", "<!-- results:end -->"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", choices=(*FAMILIES, "all"), default="all")
+    p.add_argument("--report", action="store_true", help="rewrite the results in docs/models.md")
+    p.add_argument("--videos", type=int, default=480, help="synthetic videos (default 480)")
+    p.add_argument("--seed", type=int, default=0, help="synthesis and training seed")
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--max-seconds", type=float, default=10.0)
+    p.add_argument("--workdir", default="tmp/vidbatch-train", help="synthetic archive goes here")
+    p.add_argument("--assets", default=str(ROOT / "vidbatch" / "assets"), help="checkpoints out")
+    p.add_argument("--configs", default=str(ROOT / "jobs"), help="train_motion-*.yaml folder")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "models.md"))
+    p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    families = FAMILIES if args.family == "all" else (args.family,)
+    began = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    data_dir = Path(args.workdir) / f"synth-{args.videos}-seed{args.seed}"
+    manifest = data_dir / "labels.parquet"
+    t0 = time.perf_counter()
+    if manifest.exists():
+        print(f"reusing synthetic archive {data_dir}")
+    else:
+        print(f"synthesizing {args.videos} videos into {data_dir} ...", flush=True)
+        synthesize(
+            data_dir,
+            args.videos,
+            seed=args.seed,
+            min_seconds=args.min_seconds,
+            max_seconds=args.max_seconds,
+        )
+    timings["synthesize"] = time.perf_counter() - t0
+    description = (
+        f"vidbatch.synth: {args.videos} videos, seed {args.seed}, h264, "
+        f"{args.min_seconds:g}-{args.max_seconds:g} s, {len(CLASSES)} classes"
+    )
+
+    configs = {f: _config(args, f, manifest, description) for f in families}
+    clip_sets: dict[tuple, ClipSet] = {}
+    results: dict[str, TrainResult] = {}
+    for family, config in configs.items():
+        key = (config.data, config.clip)
+        if key not in clip_sets:
+            t0 = time.perf_counter()
+            clip_sets[key] = load_clip_set(config.data, config.clip)
+            timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+            print(f"decoded {clip_sets[key].clips.shape} in {timings['decode']:.1f}s", flush=True)
+        results[family] = train(config, clip_set=clip_sets[key])
+        timings[f"train {family}"] = results[family].metrics["train_seconds"]
+        print(results[family], flush=True)
+    timings["total"] = time.perf_counter() - began
+
+    summary = {
+        f: {"heldout_accuracy": r.metrics["heldout_accuracy"], "output": r.output, "version": r.version}
+        for f, r in results.items()
+    }
+    print(json.dumps({"results": summary, "timings_s": timings}, indent=2))
+    if args.report:
+        write_report(Path(args.docs), results, timings, argv if argv is not None else sys.argv[1:])
+        print(f"wrote {args.docs}")
+    return 0
+
+
+def _config(args: argparse.Namespace, family: str, manifest: Path, description: str) -> TrainConfig:
+    config = load_train_config(Path(args.configs) / f"train_motion-{family}.yaml")
+    loop = config.train
+    if args.epochs is not None:
+        loop = dataclasses.replace(loop, epochs=args.epochs)
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, manifest=str(manifest), description=description),
+        train=dataclasses.replace(loop, seed=args.seed),
+        output=str(Path(args.assets) / f"motion-{family}.safetensors"),
+    ).validate()
+
+
+def _pair_accuracy(result: TrainResult, pair: tuple[str, str]) -> float:
+    """Accuracy on the clips of a pair, counting only the choice between its two classes."""
+    labels = list(result.meta.labels)
+    a, b = labels.index(pair[0]), labels.index(pair[1])
+    confusion = result.metrics["confusion"]
+    right = confusion[a][a] + confusion[b][b]
+    total = right + confusion[a][b] + confusion[b][a]
+    return right / total if total else float("nan")
+
+
+def render_report(results: dict[str, TrainResult], timings: dict[str, float], argv: list[str]) -> str:
+    families = [f for f in FAMILIES if f in results]
+    first = results[families[0]]
+    m = first.metrics
+    lines = [
+        BEGIN,
+        "",
+        "## Shipped checkpoints: held-out results",
+        "",
+        f"Data: {m['dataset']}. Split by video (seed {m['seed']}): {m['train_videos']} training "
+        f"videos ({m['train_clips']} clips), {m['heldout_videos']} held-out videos "
+        f"({m['heldout_clips']} clips). Clip spec: {first.meta.clip.frames} frames at "
+        f"{first.meta.clip.fps:g} fps, {first.meta.clip.size}x{first.meta.clip.size}.",
+        "",
+        "| family | model | held-out accuracy | params | checkpoint | epochs | train time | version |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for f in families:
+        r = results[f]
+        lines.append(
+            f"| {f} | `{r.meta.name}` | **{r.metrics['heldout_accuracy']:.3f}** | "
+            f"{r.metrics['params'] / 1e3:.0f}k | {r.size_bytes / 1e6:.2f} MB | {r.metrics['epochs']} | "
+            f"{r.metrics['train_seconds']:.0f} s | `{r.version}` |"
+        )
+    lines += [
+        "",
+        "Per-class recall on held-out clips (pairs differ only in time order):",
+        "",
+        "| class | " + " | ".join(families) + " |",
+        "| --- | " + " | ".join("---:" for _ in families) + " |",
+    ]
+    for label in first.meta.labels:
+        cells = [f"{results[f].metrics['per_class_recall'][label]:.2f}" for f in families]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Pair accuracy (of the clips of a pair that were given either of its two labels, the "
+        "fraction given the right one; 0.5 = chance):",
+        "",
+        "| pair | " + " | ".join(families) + " |",
+        "| --- | " + " | ".join("---:" for _ in families) + " |",
+    ]
+    for pair in PAIRS:
+        cells = [f"{_pair_accuracy(results[f], pair):.2f}" for f in families]
+        lines.append(f"| {pair[0]} / {pair[1]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reproduce (CPU only, nothing downloaded):",
+        "",
+        "```",
+        "python jobs/train.py " + " ".join(argv),
+        "```",
+        "",
+        f"Timings on this run ({os.cpu_count()} CPU cores, {platform.machine()}, torch "
+        f"{torch.__version__.split('+')[0]}, no GPU): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + ".",
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    path: Path, results: dict[str, TrainResult], timings: dict[str, float], argv: list[str]
+) -> None:
+    """Replace the results section of docs/models.md (or append it), keeping the prose."""
+    section = render_report(results, timings, argv)
+    text = path.read_text() if path.exists() else "# Models\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
