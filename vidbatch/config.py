@@ -26,6 +26,7 @@ class Sampling:
     segment_seconds: float = 120.0
     clips: ClipSpec = ClipSpec()
     frames: FrameSpec = FrameSpec()
+    decode_mode: str = "seek"  # seek | all | keyframes (see vidbatch.decode._frames_at)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class JobConfig:
             raise ConfigError("max_failed_fraction: must be between 0 and 1")
         if self.sampling.segment_seconds <= 0:
             raise ConfigError("sampling.segment_seconds: must be > 0")
+        if self.sampling.decode_mode not in ("seek", "all", "keyframes"):
+            raise ConfigError("sampling.decode_mode: expected seek, all or keyframes")
         clips, frames = self.sampling.clips, self.sampling.frames
         if clips.frames < 1 or clips.fps <= 0 or clips.size < 8:
             raise ConfigError("sampling.clips: frames >= 1, fps > 0 and size >= 8 required")

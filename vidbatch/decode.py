@@ -16,6 +16,8 @@ from vidbatch.errors import StageError, describe
 from vidbatch.specs import ClipSpec, FrameSpec
 from vidbatch.storage import is_local, local_path, open_input
 
+DECODE_MODES = ("seek", "all", "keyframes")
+
 # A frame is "displayed at t" when its presentation time is <= t; this absorbs float rounding.
 _EPS = 1e-6
 
@@ -119,10 +121,12 @@ def decode_samples(
     frame_spec: FrameSpec | None = None,
     frame_times: Sequence[float] = (),
     storage_options: Mapping[str, Any] | None = None,
+    mode: str = "seek",
 ) -> SampledFrames:
     """Decode one work unit once and sample every clip spec and the detector frames from it.
 
-    `clips` maps each clip spec to its clip start times (seconds from the video start).
+    `clips` maps each clip spec to its clip start times (seconds from the video start);
+    `mode` is one of DECODE_MODES (see `_frames_at`).
     Raises StageError("decode", ...) for corrupt or truncated streams.
     """
     clips = {spec: list(starts) for spec, starts in (clips or {}).items() if len(starts)}
@@ -144,15 +148,16 @@ def decode_samples(
     with open_video(uri, storage_options) as (container, stream):
         info = _info(container, stream)
         converted: dict[tuple[int, Any], np.ndarray] = {}
-        for (_t, key, index), frame in _frames_at(container, stream, info, wanted, out):
+        for (_t, key, index), frame in _frames_at(container, stream, info, wanted, out, mode):
             cache_key = (id(frame), key)
             if cache_key not in converted:
+                if not any(k[0] == id(frame) for k in converted):
+                    converted = {}  # a new frame: the previous one's conversions are done with
+                    out.frames_used += 1
                 # The display matrix rides on decoded frames; the picture is stored unrotated.
                 rotation = int(getattr(frame, "rotation", 0) or 0) % 360
                 shape = _output_shape(key, frame.width, frame.height, rotation)
-                converted = {k: v for k, v in converted.items() if k[0] == id(frame)}
                 converted[cache_key] = _convert(frame, shape, rotation)
-                out.frames_used += 1
             if key not in buffers:
                 buffers[key] = np.empty((counts[key], *converted[cache_key].shape), np.uint8)
             buffers[key][index] = converted[cache_key]
@@ -165,38 +170,65 @@ def decode_samples(
 
 
 def _frames_at(
-    container: Any, stream: Any, info: VideoInfo, wanted: list[tuple[float, Any, int]], out: SampledFrames
+    container: Any,
+    stream: Any,
+    info: VideoInfo,
+    wanted: list[tuple[float, Any, int]],
+    out: SampledFrames,
+    mode: str,
 ) -> Iterator[tuple[tuple[float, Any, int], Any]]:
-    """Yield (request, frame displayed at the request's time), decoding forward from a keyframe."""
-    first = wanted[0][0]
-    if first > 0 and stream.time_base:
-        target = int((first + info.start_s) / stream.time_base)
-        container.seek(target, stream=stream, backward=True, any_frame=False)
-    pending = 0
-    previous = None
-    last_time = -math.inf
-    try:
-        for frame in container.decode(stream):
-            out.frames_decoded += 1
-            if frame.pts is None:
-                continue
-            t = float(frame.pts * stream.time_base) - info.start_s
-            while pending < len(wanted) and t > wanted[pending][0] + _EPS:
-                yield wanted[pending], previous if previous is not None else frame
-                pending += 1
-            previous, last_time = frame, t
-            if pending == len(wanted):
-                return
-    except av.FFmpegError as exc:
-        raise StageError("decode", f"decoder error after {max(last_time, 0):.2f}s ({describe(exc)})") from exc
+    """Yield (request, frame displayed at the request's time).
+
+    Decoding starts at the keyframe before the first request. In "seek" and "keyframes" mode a
+    gap longer than the keyframe interval is jumped with another seek instead of decoded through;
+    "keyframes" also tells the decoder to skip non-key frames (each sample = latest keyframe).
+    """
+    if mode == "keyframes":
+        stream.codec_context.skip_frame = "NONKEY"
+    time_base = stream.time_base
+    gop = 1.0  # seconds between keyframes, learned while decoding
+    last_key = None
+    pending, previous, last_time = 0, None, -math.inf
+    while pending < len(wanted):
+        target = wanted[pending][0]
+        if target > 0 and time_base:
+            container.seek(int((target + info.start_s) / time_base), stream=stream, backward=True)
+        previous, jumped = None, False
+        try:
+            for frame in container.decode(stream):
+                out.frames_decoded += 1
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * time_base) - info.start_s
+                if frame.key_frame:
+                    if last_key is not None and t - last_key > 1e-3:
+                        gop = t - last_key
+                    last_key = t
+                while pending < len(wanted) and t > wanted[pending][0] + _EPS:
+                    yield wanted[pending], previous if previous is not None else frame
+                    pending += 1
+                previous, last_time = frame, t
+                if pending == len(wanted):
+                    return
+                if mode != "all" and wanted[pending][0] - t > max(gop, 0.5) + _EPS:
+                    jumped = True
+                    break
+        except av.FFmpegError as exc:
+            raise StageError(
+                "decode", f"decoder error after {max(last_time, 0):.2f}s ({describe(exc)})"
+            ) from exc
+        if not jumped:
+            break
     if previous is None:
+        first = wanted[pending][0]
         raise StageError("decode", f"no decodable frames from {first:.2f}s: truncated or corrupt")
-    # Targets past the last frame are legitimate only within about one frame of the end.
+    # Requests past the last frame are legitimate only within about one frame of the end.
     slack = 0.5 + (2.0 / info.fps if info.fps else 0.0)
     if wanted[-1][0] > last_time + slack and wanted[-1][0] < info.duration_s - slack:
         raise StageError(
             "decode",
-            f"stream ends at {last_time:.2f}s but the container says {info.duration_s:.2f}s: truncated or corrupt",
+            f"stream ends at {last_time:.2f}s but the container says {info.duration_s:.2f}s: "
+            "truncated or corrupt",
         )
     for request in wanted[pending:]:
         yield request, previous

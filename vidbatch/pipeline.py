@@ -141,6 +141,10 @@ def load_models(config: JobConfig) -> list[Any]:
 
 def plan_run(config: JobConfig, *, limit: int | None = None, log: Log = _stderr) -> Plan:
     models = load_models(config)
+    if config.sampling.decode_mode == "keyframes" and any(m.task == "classify" for m in models):
+        raise ConfigError(
+            "sampling.decode_mode: keyframes only suits detectors; clip classifiers need every frame"
+        )
     key = config_key(config, models)
     refs = list_videos(config.source.uri, config.source.storage_options, limit=limit)
     index = (
@@ -238,7 +242,12 @@ def _segment_results(config: JobConfig, plan: Plan, log: Log):
     )
     items = [asdict(u) for u in plan.units]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    decode = DecodeStage(plan.clip_specs, plan.frame_spec, dict(config.source.storage_options))
+    decode = DecodeStage(
+        plan.clip_specs,
+        plan.frame_spec,
+        dict(config.source.storage_options),
+        mode=config.sampling.decode_mode,
+    )
     ds = ds.map(decode, num_cpus=config.resources.decode_cpus)
     ds = ds.map_batches(
         InferenceStage,

@@ -50,6 +50,7 @@ class DecodeStage:
     clip_specs: tuple[ClipSpec, ...]
     frame_spec: FrameSpec | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    mode: str = "seek"
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         unit = _unit(row)
@@ -71,6 +72,7 @@ class DecodeStage:
                 frame_spec=self.frame_spec,
                 frame_times=times,
                 storage_options=self.storage_options,
+                mode=self.mode,
             )
         except StageError as exc:
             out["error"] = str(exc)
