@@ -71,29 +71,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from vidbatch.query import query
+    from vidbatch.query import query, to_text, write_table
 
     table = query(args.output, args.sql)
     if args.format == "table":
-        print(table.to_pandas().to_string(index=False) if table.num_rows else "(no rows)")
+        print(to_text(table))
     else:
-        _write_table(table, args.format, args.out)
+        if not args.out:
+            raise ConfigError(f"--format {args.format} needs --out FILE")
+        write_table(table, args.format, args.out)
+        print(f"wrote {table.num_rows} rows to {args.out}")
     return 0
-
-
-def _write_table(table, fmt: str, out: str | None) -> None:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if not out:
-        raise ConfigError(f"--format {fmt} needs --out FILE")
-    if fmt == "csv":
-        pacsv.write_csv(table, out)
-    elif fmt == "parquet":
-        pq.write_table(table, out)
-    else:
-        table.to_pandas().to_json(out, orient="records", lines=True)
-    print(f"wrote {table.num_rows} rows to {out}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -140,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="vidbatch-demo")
     p.add_argument("--videos", type=int, default=20)
     p.set_defaults(func=_cmd_demo)
+
+    from vidbatch.report import add_report_parser
+    from vidbatch.search import add_search_parser
+
+    add_search_parser(verbs)
+    add_report_parser(verbs)
     return parser
 
 

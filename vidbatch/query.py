@@ -41,7 +41,9 @@ def table_dataset(output_uri: str, name: str, storage_options: Mapping[str, Any]
     )
 
 
-def connect(output_uri: str, storage_options: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    output_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the index's tables registered as views."""
     fs, root = filesystem(output_uri, storage_options)
     if not fs.exists(root):
@@ -61,7 +63,7 @@ def connect(output_uri: str, storage_options: Mapping[str, Any] | None = None) -
 
 
 def query(output_uri: str, sql: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """Run one SQL statement; DuckDB's error comes back as one line (ValueError "SQL error: ...")."""
+    """Run one SQL statement; a DuckDB error becomes one line: ValueError("SQL error: ...")."""
     con = connect(output_uri, storage_options)
     try:
         # con.execute(...).to_arrow_table() copies the rows and warns in DuckDB 2.
@@ -99,6 +101,7 @@ def write_table(
     if "://" in out and not out.startswith("file://"):
         fs.pipe_file(path, buffer.getvalue())
     else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
         with open(partial, "wb") as handle:
             handle.write(buffer.getvalue())

@@ -1,6 +1,6 @@
 """`vidbatch report`: one self-contained HTML page to look at an index without writing SQL.
 
-Everything is inline (CSS, SVG timelines, thumbnails as data URIs) so the file can be mailed,
+Everything is inline (CSS, timelines, thumbnails as data URIs) so the file can be mailed,
 attached to a ticket or opened from object storage with no server and no network.
 """
 
@@ -8,30 +8,21 @@ from __future__ import annotations
 
 import argparse
 import base64
-import colorsys
-import hashlib
 import io
 import json
 import os
 import struct
 import zlib
 from collections.abc import Mapping
-from datetime import datetime, timezone
-from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from vidbatch.query import connect
-from vidbatch.report_html import Page, render_page
+from vidbatch.report_html import hex_rgb, label_colour, render_page
 from vidbatch.search import find_intervals, storage_options_arg
-from vidbatch.storage import filesystem, join
 
-_PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#edc948",
-    "#76b7b2", "#ff9da7", "#9c755f", "#2f4b7c", "#d45087", "#00a2b8",
-)  # fmt: skip
+if TYPE_CHECKING:  # NumPy, DuckDB, fsspec load when a report is built, not for `vidbatch --help`
+    import numpy as np
+
 _THUMB_SIZE = 320  # longer side of a thumbnail, pixels
 _SAME_DECODE_S = 10.0  # thumbnails of one video closer than this share one decode pass
 
@@ -54,10 +45,14 @@ ORDER BY label, model, source
 # before a second frame of the same video: a gallery of 24 near-identical frames says little.
 _TOP_DETECTIONS = """
 WITH ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY label, uri ORDER BY score DESC, frame_time_s) AS per_video
+    SELECT *, row_number() OVER (
+        PARTITION BY label, uri ORDER BY score DESC, frame_time_s
+    ) AS per_video
     FROM detections
 ), spread AS (
-    SELECT *, row_number() OVER (PARTITION BY label ORDER BY per_video, score DESC, uri) AS per_label
+    SELECT *, row_number() OVER (
+        PARTITION BY label ORDER BY per_video, score DESC, uri
+    ) AS per_label
     FROM ranked
 )
 SELECT uri, frame_time_s, model, label, score, x1, y1, x2, y2
@@ -80,6 +75,8 @@ def build_report(
     max_videos: int = 50,
 ) -> Path:
     """Write the report of the index at `output_uri` to `html_path` (complete or absent)."""
+    from vidbatch.query import connect
+
     con = connect(output_uri, storage_options)
     try:
         videos = con.sql(_LATEST_VIDEOS).to_arrow_table().to_pylist()
@@ -91,44 +88,37 @@ def build_report(
             runs = con.sql(_RUNS_FROM_VIDEOS).to_arrow_table().to_pylist()
             runs_note = "No _runs/ records: runs as the videos table shows them."
         totals = con.sql(
-            "SELECT (SELECT count(*) FROM clips) AS clips, (SELECT count(*) FROM detections) AS dets"
-        ).fetchone()
+            "SELECT (SELECT count(*) FROM clips), (SELECT count(*) FROM detections)"
+        ).fetchall()[0]
     finally:
         con.close()
     labels = sorted({r["label"] for r in counts})
-    page = Page(
-        output_uri=output_uri,
-        generated_at=datetime.now(timezone.utc),
-        colours={label: label_colour(label, i) for i, label in enumerate(labels)},
+    colours = {label: label_colour(label, i) for i, label in enumerate(labels)}
+    thumbnails = cut_thumbnails(top, colours, storage_options)
+    page = render_page(
+        output_uri,
         videos=videos,
         counts=counts,
         intervals=intervals,
-        thumbnails=cut_thumbnails(top, labels, storage_options),
+        thumbnails=thumbnails,
         runs=runs,
         runs_note=runs_note,
-        clip_rows=int(totals[0]),
-        detection_rows=int(totals[1]),
+        totals=totals,
+        colours=colours,
         max_videos=max_videos,
     )
     path = Path(html_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(render_page(page), encoding="utf-8")
+    partial.write_text(page, encoding="utf-8")
     os.replace(partial, path)
     return path
 
 
-def label_colour(label: str, index: int) -> str:
-    """A palette colour by label order; past the palette, a hue hashed from the label."""
-    if index < len(_PALETTE):
-        return _PALETTE[index]
-    hue = int(hashlib.sha256(label.encode()).hexdigest()[:4], 16) / 0xFFFF
-    r, g, b = colorsys.hls_to_rgb(hue, 0.48, 0.55)
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
-
-
 def read_runs(output_uri: str, storage_options: Mapping[str, Any] | None = None) -> list[dict]:
     """Run records from `<output>/_runs/*.json`, newest first; a broken record says why."""
+    from vidbatch.storage import filesystem, join
+
     fs, root = filesystem(output_uri, storage_options)
     records = []
     for path in sorted(fs.glob(join(root, "_runs", "*.json"))):
@@ -138,20 +128,24 @@ def read_runs(output_uri: str, storage_options: Mapping[str, Any] | None = None)
                 raise ValueError("not a JSON object")
         except (ValueError, OSError) as exc:
             name = path.rsplit("/", 1)[-1]
-            record = {"run_id": name.removesuffix(".json"), "status": "unreadable", "error": str(exc)}
+            record = {
+                "run_id": name.removesuffix(".json"),
+                "status": "unreadable",
+                "error": str(exc),
+            }
         records.append(record)
     return sorted(records, key=lambda r: str(r.get("started_at") or ""), reverse=True)
 
 
 def cut_thumbnails(
-    detections: list[dict], labels: list[str], storage_options: Mapping[str, Any] | None
+    detections: list[dict], colours: Mapping[str, str], storage_options: Mapping[str, Any] | None
 ) -> list[dict]:
-    """Each detection with `image` (a data URI of its frame, box drawn) or `error`."""
+    """Detections with `image` (a data URI of the frame, box drawn), best first, then one card
+    with `error` per video whose frames could not be read (moved, deleted, no access)."""
     from vidbatch.decode import decode_samples
     from vidbatch.errors import StageError
     from vidbatch.specs import FrameSpec
 
-    colours = {label: label_colour(label, i) for i, label in enumerate(labels)}
     spec = FrameSpec(fps=1.0, size=_THUMB_SIZE)
     out = [dict(d) for d in detections]
     by_uri: dict[str, list[dict]] = {}
@@ -176,32 +170,39 @@ def cut_thumbnails(
                 continue
             for d, frame in zip(group, frames, strict=True):
                 box = (d["x1"], d["y1"], d["x2"], d["y2"])
-                boxed = draw_box(frame, box, _rgb(colours[d["label"]]))
+                boxed = draw_box(frame, box, hex_rgb(colours[d["label"]]))
                 d["image"] = data_uri(boxed)
-    return out
+    unreadable = {d["uri"]: d for d in reversed(out) if "error" in d}  # the best per video
+    return [d for d in out if "image" in d] + [d for d in out if unreadable.get(d["uri"]) is d]
 
 
 def draw_box(rgb: np.ndarray, box: tuple[float, float, float, float], colour: tuple) -> np.ndarray:
-    """A copy of `rgb` with the normalized box outlined in `colour` (and a dark edge for contrast)."""
+    """A copy of `rgb` with the normalized box outlined in `colour`, edged dark for contrast."""
+    import numpy as np
+
     image = rgb.copy()
     height, width = image.shape[:2]
-    x1, x2 = (int(np.clip(round(v * width), 0, width - 1)) for v in (box[0], box[2]))
-    y1, y2 = (int(np.clip(round(v * height), 0, height - 1)) for v in (box[1], box[3]))
-    x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
-    thick = max(2, round(min(height, width) / 90))
-    for pad, fill in ((thick, (20, 20, 20)), (thick - 1, colour)):
-        ax1, ay1 = max(0, x1 - pad + thick - 1), max(0, y1 - pad + thick - 1)
-        ax2, ay2 = min(width - 1, x2 + pad - thick + 1), min(height - 1, y2 + pad - thick + 1)
-        t = pad + 1 if fill is colour else pad + 2
-        image[ay1 : ay1 + t, ax1 : ax2 + 1] = fill
-        image[max(ay1, ay2 - t + 1) : ay2 + 1, ax1 : ax2 + 1] = fill
-        image[ay1 : ay2 + 1, ax1 : ax1 + t] = fill
-        image[ay1 : ay2 + 1, max(ax1, ax2 - t + 1) : ax2 + 1] = fill
+    x1, x2 = sorted(int(np.clip(round(v * width), 0, width - 1)) for v in (box[0], box[2]))
+    y1, y2 = sorted(int(np.clip(round(v * height), 0, height - 1)) for v in (box[1], box[3]))
+    thick = max(3, round(min(height, width) / 80))
+    _outline(image, x1 - 1, y1 - 1, x2 + 1, y2 + 1, thick + 2, (17, 24, 39))
+    _outline(image, x1, y1, x2, y2, thick, colour)
     return image
+
+
+def _outline(image: np.ndarray, x1: int, y1: int, x2: int, y2: int, t: int, fill: tuple) -> None:
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width - 1, x2), min(height - 1, y2)
+    image[y1 : y1 + t, x1 : x2 + 1] = fill
+    image[max(y1, y2 - t + 1) : y2 + 1, x1 : x2 + 1] = fill
+    image[y1 : y2 + 1, x1 : x1 + t] = fill
+    image[y1 : y2 + 1, max(x1, x2 - t + 1) : x2 + 1] = fill
 
 
 def data_uri(rgb: np.ndarray) -> str:
     """JPEG through Pillow when present (torchvision brings it), else a PNG made here."""
+    import numpy as np
+
     try:
         from PIL import Image
     except ImportError:
@@ -213,6 +214,8 @@ def data_uri(rgb: np.ndarray) -> str:
 
 def encode_png(rgb: np.ndarray) -> bytes:
     """An 8-bit RGB PNG of a (H, W, 3) uint8 array: zlib and struct, nothing else."""
+    import numpy as np
+
     height, width = rgb.shape[:2]
     rows = np.concatenate(
         [np.zeros((height, 1), np.uint8), np.ascontiguousarray(rgb, np.uint8).reshape(height, -1)],
@@ -230,11 +233,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
         + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
         + chunk(b"IEND", b"")
     )
-
-
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    value = hex_colour.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -266,6 +264,3 @@ def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_report)
     return p
-
-
-__all__ = ["add_report_parser", "build_report", "draw_box", "encode_png", "escape", "read_runs"]

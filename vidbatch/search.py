@@ -12,12 +12,11 @@ import argparse
 import json
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-import pyarrow as pa
-
-from vidbatch.query import connect
+if TYPE_CHECKING:  # imported where used: `vidbatch --help` should not load DuckDB and Arrow
+    import duckdb
+    import pyarrow as pa
 
 # Detectors sample frames at `sampling.frames.fps` (1 by default): 1.5 frame periods bridge
 # one sample step with slack for rounding but not a missed frame.
@@ -26,18 +25,16 @@ DETECTION_GAP_S = 1.5
 CLIP_GAP_S = 0.05
 _EPS = 1e-6
 
-RESULT_SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("max_score", pa.float32()),
-        ("model", pa.string()),
-        ("source", pa.string()),  # clips | detections
-        ("label", pa.string()),
-        ("video_id", pa.string()),
-        ("hits", pa.int64()),  # clips or detection frames merged into the interval
-    ]
+RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uri", "string"),
+    ("start_s", "float64"),
+    ("end_s", "float64"),
+    ("max_score", "float32"),
+    ("model", "string"),
+    ("source", "string"),  # clips | detections
+    ("label", "string"),
+    ("video_id", "string"),
+    ("hits", "int64"),  # clips or detection frames merged into the interval
 )
 
 _INTERVALS_SQL = """
@@ -88,6 +85,8 @@ def find_intervals(
 ) -> pa.Table:
     """Merged intervals of one label (or of every label when `label` is None) on a connection
     from `query.connect`; the report draws its timelines from the same function."""
+    import duckdb
+
     if gap_s is not None and gap_s < 0:
         raise ValueError(f"gap must be >= 0 seconds, got {gap_s}")
     predicates = ["score >= CAST($min_score AS FLOAT)"]  # scores are float32: 0.7f < 0.7
@@ -112,7 +111,14 @@ def find_intervals(
         table = con.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
         raise ValueError(f"search failed: {str(exc).splitlines()[0]}") from exc
-    return table.cast(RESULT_SCHEMA)
+    return table.cast(result_schema())
+
+
+def result_schema() -> pa.Schema:
+    """Columns of `search` results."""
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.type_for_alias(kind)) for name, kind in RESULT_COLUMNS])
 
 
 def search(
@@ -133,6 +139,8 @@ def search(
     matches the whole URI, `*` crossing `/`. Rows merge when the next starts at most `gap_s`
     after the interval ends (default: 0.05 s for clips, 1.5 s between detection frames).
     """
+    from vidbatch.query import connect
+
     con = connect(output_uri, storage_options)
     try:
         return find_intervals(
@@ -203,6 +211,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _nothing_found(output_uri: str, label: str, storage_options: Mapping[str, Any] | None) -> str:
     """Say whether the label exists at all: a typo and a strict filter need different fixes."""
+    from vidbatch.query import connect
+
     con = connect(output_uri, storage_options)
     try:
         known = [

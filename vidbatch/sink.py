@@ -73,5 +73,8 @@ class TableSink:
             committed.append(relative)
         if self.fs.exists(self.staging):
             self.fs.rm(self.staging, recursive=True)
+        parent = self.staging.rsplit("/", 1)[0]
+        if self.fs.exists(parent) and not self.fs.ls(parent):
+            self.fs.rmdir(parent)
         self.staged = []
         return committed
