@@ -70,6 +70,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vidbatch.evaluate import evaluate, format_report
+
+    print(format_report(evaluate(args.predictions, args.truth)))
+    return 0
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     from vidbatch.query import query, to_text, write_table
 
@@ -116,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("models", help="list the model registry")
     p.set_defaults(func=_cmd_models)
+
+    p = verbs.add_parser("eval", help="accuracy / per-class recall, mAP against ground truth")
+    p.add_argument("--predictions", required=True, help="an index output URI or a Parquet file")
+    p.add_argument("--truth", required=True, help="labels.parquet or boxes.parquet")
+    p.set_defaults(func=_cmd_eval)
 
     p = verbs.add_parser("query", help="SQL (DuckDB) over the output tables")
     p.add_argument("output", help="the job's output.uri")

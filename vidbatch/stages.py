@@ -171,40 +171,21 @@ class InferenceStage:
         return pa.concat_tables(parts) if parts else tables.empty("clips")
 
     def detect(self, row: Mapping[str, Any]) -> pa.Table:
+        from vidbatch.models.detection import detections_table
+
         frames = _get_array(row, "frames")
-        times = np.asarray(row["frame_times"], np.float64)
-        parts = []
-        for config, model in self._models("detect"):
-            if not len(frames):
-                continue
-            found = model.detect(frames, min_score=config.min_score, max_detections=config.max_detections)
-            records = [
-                (t, label, float(score), *map(float, box))
-                for t, (boxes, scores, labels) in zip(times, found, strict=True)
-                for box, score, label in zip(boxes, scores, labels, strict=True)
-            ]
-            if records:
-                t, label, score, x1, y1, x2, y2 = zip(*records, strict=True)
-                n = len(records)
-                parts.append(
-                    pa.table(
-                        {
-                            "video_id": [str(row["video_id"])] * n,
-                            "uri": [str(row["uri"])] * n,
-                            "frame_time_s": t,
-                            "model": [model.name] * n,
-                            "model_version": [model.version] * n,
-                            "label": label,
-                            "score": score,
-                            "x1": x1,
-                            "y1": y1,
-                            "x2": x2,
-                            "y2": y2,
-                            "run_id": [self.run_id] * n,
-                        },
-                        schema=tables.DETECTIONS,
-                    )
-                )
+        parts = [
+            detections_table(
+                model,
+                model.detect(frames, min_score=config.min_score, max_detections=config.max_detections),
+                uri=str(row["uri"]),
+                frame_times=np.asarray(row["frame_times"], np.float64),
+                video_id=str(row["video_id"]),
+                run_id=self.run_id,
+            )
+            for config, model in self._models("detect")
+            if len(frames)
+        ]
         return pa.concat_tables(parts) if parts else tables.empty("detections")
 
     def _clip_rows(

@@ -5,7 +5,14 @@ Importing this package registers every built-in model (each family module regist
 
 from __future__ import annotations
 
-from vidbatch.models import cnn, rnn, transformer  # noqa: F401  (registration side effects)
+from vidbatch.models import (  # noqa: F401  (registration side effects)
+    cnn,
+    custom,
+    detection,
+    rnn,
+    transformer,
+    video_zoo,
+)
 from vidbatch.models.checkpoint import (
     CheckpointMeta,
     read_checkpoint,
@@ -13,6 +20,7 @@ from vidbatch.models.checkpoint import (
     save_checkpoint,
     weights_version,
 )
+from vidbatch.models.detection import Detector
 from vidbatch.models.loaded import Classifier, load_model, register_loader
 from vidbatch.models.registry import (
     ModelSpec,
@@ -25,6 +33,7 @@ from vidbatch.models.registry import (
 __all__ = [
     "CheckpointMeta",
     "Classifier",
+    "Detector",
     "ModelSpec",
     "get_model",
     "get_model_spec",

@@ -29,6 +29,7 @@ from vidbatch.models.registry import ModelSpec, check_arch, get_model_spec
 from vidbatch.specs import ClipSpec
 
 Loader = Callable[[ModelSpec, bytes, str, torch.device], Any]
+RANDOM_WEIGHTS = "random"  # untrained weights, for tests: the loader receives empty bytes
 _LOADERS: dict[str, Loader] = {}
 
 
@@ -117,21 +118,26 @@ def load_model(
     *,
     storage_options: Mapping[str, Any] | None = None,
     device: str | None = None,
-) -> Classifier:
-    """A registered model with its weights (the spec's shipped default when `weights` is None).
+) -> Any:
+    """A registered model (a Classifier or a Detector) with its weights (the spec's shipped default when `weights` is None).
 
     Unknown names, wrong or mismatched weights are one-line ValueErrors naming the model or the
     file; a missing file is FileNotFoundError naming it.
     """
-    spec = get_model_spec(name)
+    from vidbatch.models.custom import custom_spec, is_custom_name
+
+    spec = custom_spec(name) if is_custom_name(name) else get_model_spec(name)
     uri = weights if weights is not None else spec.default_weights
-    if uri is None:
-        raise ValueError(f"model {name!r} has no default weights; give a weights file or URI")
+    if uri is None and spec.family != "custom":  # a factory's own parameters are its weights
+        raise ValueError(
+            f"model {name!r} needs weights: a file or URI (a torchvision state dict for zoo "
+            f"models), or {RANDOM_WEIGHTS!r} for an untrained model (tests only)"
+        )
     loader = _LOADERS.get(spec.family)
     if loader is None:
-        raise ValueError(f"model {name!r}: no weights loader for family {spec.family!r} yet")
-    data = read_bytes(uri, storage_options)
-    return loader(spec, data, uri, torch.device(device or default_device()))
+        raise ValueError(f"model {name!r}: no weights loader for family {spec.family!r}")
+    data = b"" if uri in (None, RANDOM_WEIGHTS) else read_bytes(uri, storage_options)
+    return loader(spec, data, uri or "", torch.device(device or default_device()))
 
 
 @register_loader("cnn", "rnn", "transformer")
