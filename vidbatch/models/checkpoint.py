@@ -9,8 +9,11 @@ then JSON), checked against the file size, and the tensors are decoded by safete
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
+import re
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -233,3 +236,45 @@ def fit_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: 
 def _few(items: list[str], shown: int = 3) -> str:
     more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
     return ", ".join(items[:shown]) + more
+
+
+# ---------------------------------------------- torchvision state dicts (.pth)
+
+
+def read_state_dict(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    """A state dict from `.pth` bytes via `torch.load(weights_only=True)`: tensors, never code.
+
+    Also takes torchvision's reference-script checkpoints ({"model": state_dict, ...}).
+    """
+    try:
+        loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        detail = f"it would import {found.group(1)}" if found else "it holds more than tensors"
+        raise ValueError(
+            f"{where}: refused: not a plain state dict (torch.load weights_only=True: {detail})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{where}: not a torchvision state dict ({describe(exc)})") from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
+        loaded = loaded["model"]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ValueError(f"{where}: not a state dict (expected a mapping of names to tensors)")
+    return dict(loaded)
+
+
+def fit_torchvision_state(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Load strictly, except for BatchNorm step counters.
+
+    torchvision's published detection weights come from FrozenBatchNorm2d models, which have
+    no `num_batches_tracked`; built without weights the same layers are BatchNorm2d, which do.
+    The counter does not affect inference, so the module's own value fills the gap.
+    """
+    own = module.state_dict()
+    filled = dict(state)
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in filled:
+            filled[key] = value
+    fit_state_dict(module, filled, where)

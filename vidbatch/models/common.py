@@ -46,7 +46,7 @@ BACKGROUNDS = ("frame-median", "clip-mean", "none")
 def remove_background(clips: torch.Tensor, mode: str) -> torch.Tensor:
     """(B, T, C, H, W) minus each frame's median colour, or minus the clip's mean frame."""
     if mode == "frame-median":
-        median = clips.flatten(3).median(dim=-1).values
+        median = clips[..., ::4, ::4].flatten(3).median(dim=-1).values  # 1/16 of the pixels
         return clips - median[..., None, None]
     if mode == "clip-mean":
         return clips - clips.mean(dim=1, keepdim=True)
@@ -72,10 +72,12 @@ class SpatialMoments(nn.Module):
     All moments come from one matmul of the weights with a fixed basis of raw moments.
     """
 
-    def __init__(self, channels: int, orders: tuple[int, ...] = (2, 3, 4)) -> None:
+    def __init__(
+        self, channels: int, orders: tuple[int, ...] = (2, 3, 4), temperature: float = 1.0
+    ) -> None:
         super().__init__()
         self.orders = tuple(sorted(orders))
-        self.log_temperature = nn.Parameter(torch.zeros(channels, 1))
+        self.log_temperature = nn.Parameter(torch.full((channels, 1), math.log(temperature)))
         self._basis: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     def basis(self, h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -148,7 +150,10 @@ class FrameEncoder(nn.Module):
         self.late = nn.Sequential(_conv_bn(half, width, 3, 2), _conv_bn(width, width, 3, 1))
         self.keypoint_maps = nn.Conv2d(half, keypoints, 1)
         self.moments = SpatialMoments(keypoints)
-        size = keypoints * (3 + 2 * len(self.moments.orders)) + width
+        # Parameter-free saliency: distance of each pixel from the background colour. Its moments
+        # give the object's position, size and turn from the first step of training.
+        self.saliency_moments = SpatialMoments(1, temperature=0.25)
+        size = (keypoints + 1) * (3 + 2 * len(self.moments.orders)) + width
         self.project = nn.Sequential(
             nn.LayerNorm(size), nn.Linear(size, dim), nn.ReLU(inplace=True)
         )
@@ -160,7 +165,11 @@ class FrameEncoder(nn.Module):
         frames = clips.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         early = self.early(frames)
         pooled = self.late(early).mean(dim=(2, 3))
-        summary = torch.cat([self.moments(self.keypoint_maps(early)), pooled], dim=1)
+        saliency = frames.norm(dim=1, keepdim=True)
+        summary = torch.cat(
+            [self.moments(self.keypoint_maps(early)), self.saliency_moments(saliency), pooled],
+            dim=1,
+        )
         return self.project(summary.to(pooled.dtype)).view(b, t, self.dim)
 
 

@@ -14,9 +14,6 @@ model, for tests.
 
 from __future__ import annotations
 
-import io
-import pickle
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -32,11 +29,12 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops import FeaturePyramidNetwork
 
 from vidbatch import tables
-from vidbatch.errors import describe
 from vidbatch.models.checkpoint import (
     CheckpointMeta,
     fit_state_dict,
+    fit_torchvision_state,
     parse_checkpoint,
+    read_state_dict,
     weights_version,
 )
 from vidbatch.models.loaded import RANDOM_WEIGHTS, register_loader
@@ -357,45 +355,6 @@ def load_torchvision_detector(
     module = spec.builder(num_classes=len(labels), clip=None)
     fit_torchvision_state(module, read_state_dict(data, uri), uri)
     return _detector(spec, module, weights_version(data), labels, {}, device)
-
-
-def read_state_dict(data: bytes, where: str) -> dict[str, torch.Tensor]:
-    """A state dict from `.pth` bytes via `torch.load(weights_only=True)`: tensors, never code.
-
-    Also takes torchvision's reference-script checkpoints ({"model": state_dict, ...}).
-    """
-    try:
-        loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        detail = f"it would import {found.group(1)}" if found else "it holds more than tensors"
-        raise ValueError(
-            f"{where}: refused: not a plain state dict (torch.load weights_only=True: {detail})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"{where}: not a torchvision state dict ({describe(exc)})") from None
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
-        loaded = loaded["model"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise ValueError(f"{where}: not a state dict (expected a mapping of names to tensors)")
-    return dict(loaded)
-
-
-def fit_torchvision_state(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """Load strictly, except for BatchNorm step counters.
-
-    torchvision's published detection weights come from FrozenBatchNorm2d models, which have
-    no `num_batches_tracked`; built without weights the same layers are BatchNorm2d, which do.
-    The counter does not affect inference, so the module's own value fills the gap.
-    """
-    own = module.state_dict()
-    filled = dict(state)
-    for key, value in own.items():
-        if key.endswith("num_batches_tracked") and key not in filled:
-            filled[key] = value
-    fit_state_dict(module, filled, where)
 
 
 def _default_labels(spec: ModelSpec, uri: str) -> tuple[str, ...]:

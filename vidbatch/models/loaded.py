@@ -82,7 +82,10 @@ class Classifier:
         self.meta = meta
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
         # channels_last: the clips arrive as NHWC frames; measured faster on CPU too.
-        self.module = module.to(self.device, memory_format=torch.channels_last).eval()
+        try:
+            self.module = module.to(self.device, memory_format=torch.channels_last).eval()
+        except RuntimeError:  # 3D convolutions (torchvision video models) have rank-5 weights
+            self.module = module.to(self.device).eval()
 
     def __repr__(self) -> str:
         return (
