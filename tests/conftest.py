@@ -22,6 +22,9 @@ def ray_session():
     """One local Ray for the whole session: it takes seconds to start on 2 cores."""
     import ray
 
+    # Workers import user models by `module:factory` name, as a Ray Job's working dir allows.
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray

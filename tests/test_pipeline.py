@@ -130,3 +130,43 @@ def test_shipped_model_reaches_recorded_accuracy_through_the_pipeline(ray_sessio
     accuracy = sum(c["label"] == truth[c["uri"]] for c in clips) / len(clips)
     recorded = load_model(model).metrics["held_out_accuracy"]
     assert accuracy >= recorded - 0.12, (accuracy, recorded)
+
+
+def test_one_decode_pass_feeds_a_custom_classifier_and_a_detector(ray_session, tmp_path):
+    source = tmp_path / "videos"
+    source.mkdir()
+    boxes = write_video(
+        source / "square.mp4", label="moving_right", shape="square", seconds=4, fps=25,
+        width=320, height=240, seed=3,
+    )
+    config = config_from_dict(
+        job_config(
+            str(source),
+            str(tmp_path / "out"),
+            models=[{"name": "tests.custom_model:build", "top_k": 2}, {"name": "synth-detector"}],
+        )
+    )
+    summary = run_job(config)
+    assert summary.ok == 1
+    video = read(str(tmp_path / "out"), "videos").to_pylist()[0]
+    # One pass: frames decoded once for both models, never more than the file holds (+ a frame).
+    assert video["frames_decoded"] <= 4 * 25 + 1
+    clips = read(str(tmp_path / "out"), "clips").to_pylist()
+    assert {c["model"] for c in clips} == {"tests.custom_model:build"} and len(clips) == 2
+    detections = read(str(tmp_path / "out"), "detections").to_pylist()
+    assert {d["model"] for d in detections} == {"synth-detector"}
+    truth = {round(b["frame_time_s"], 3): b for b in boxes}
+    for second in range(4):
+        found = [d for d in detections if d["frame_time_s"] == second and d["label"] == "square"]
+        assert found, f"no square detected at {second}s"
+        best = max(found, key=lambda d: d["score"])
+        t = truth[float(second)]
+        assert _iou(best, t) >= 0.7
+
+
+def _iou(a: dict, b: dict) -> float:
+    ix = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
+    iy = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
+    inter = ix * iy
+    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
+    return inter / union if union > 0 else 0.0
