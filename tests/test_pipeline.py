@@ -170,3 +170,47 @@ def _iou(a: dict, b: dict) -> float:
     inter = ix * iy
     union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def test_detection_boxes_are_normalized_to_the_displayed_frame(ray_session, tmp_path):
+    source = tmp_path / "videos"
+    source.mkdir()
+    cases = {
+        "wide.mp4": {"width": 426, "height": 240},
+        "odd.mp4": {"width": 321, "height": 241},
+        "rotated.mp4": {"width": 320, "height": 240, "rotation": 90},
+    }
+    truth = {}
+    for name, size in cases.items():
+        rows = write_video(
+            source / name, label="static", shape="square", seconds=3, fps=25, seed=5, **size
+        )
+        truth[name] = {round(r["frame_time_s"], 3): r for r in rows}
+    blink = write_video(
+        source / "blink.mp4", label="blinking", shape="circle", seconds=6, fps=25,
+        width=320, height=240, seed=9,
+    )
+    config = config_from_dict(
+        job_config(
+            str(source),
+            str(tmp_path / "out"),
+            models=[{"name": "synth-detector", "min_score": 0.5}],
+            sampling={"frames": {"fps": 4, "size": 320}},
+        )
+    )
+    assert run_job(config).ok == 4
+    detections = read(str(tmp_path / "out"), "detections").to_pylist()
+    for name in cases:
+        rows = [d for d in detections if d["uri"].endswith(name) and d["label"] == "square"]
+        assert {d["frame_time_s"] for d in rows} == {k / 4 for k in range(12)}, name
+        for d in rows:
+            assert 0 <= d["x1"] < d["x2"] <= 1 and 0 <= d["y1"] < d["y2"] <= 1
+            shown_at = max(t for t in truth[name] if t <= d["frame_time_s"] + 1e-6)
+            assert _iou(d, truth[name][shown_at]) >= 0.7, (name, d)
+    # Frames where the blinking shape is off have no truth box and must have no detection rows.
+    shown = {round(r["frame_time_s"], 3) for r in blink}
+    blank = {k / 4 for k in range(24) if round(int(k / 4 * 25 + 1e-6) / 25, 3) not in shown}
+    found = {d["frame_time_s"] for d in detections if d["uri"].endswith("blink.mp4")}
+    assert blank and not found & blank and found
+    statuses = {v["uri"].rsplit("/", 1)[-1]: v["status"] for v in read(str(tmp_path / "out"), "videos").to_pylist()}
+    assert statuses["blink.mp4"] == "ok"
