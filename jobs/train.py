@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from vidbatch.synth import CLASSES, synthesize
-from vidbatch.train import ClipSet, TrainConfig, TrainResult, load_clip_set, load_train_config, train
+from vidbatch.train import (
+    ClipSet,
+    TrainConfig,
+    TrainResult,
+    load_clip_set,
+    load_train_config,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("cnn", "rnn", "transformer")
@@ -73,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     configs = {f: _config(args, f, manifest, description) for f in families}
-    clip_sets: dict[tuple, ClipSet] = {}
+    clip_sets: dict[str, ClipSet] = {}
     results: dict[str, TrainResult] = {}
     for family, config in configs.items():
-        key = (config.data, config.clip)
+        key = json.dumps([dataclasses.asdict(config.data), dataclasses.asdict(config.clip)])
         if key not in clip_sets:
             t0 = time.perf_counter()
             clip_sets[key] = load_clip_set(config.data, config.clip)
@@ -88,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     timings["total"] = time.perf_counter() - began
 
     summary = {
-        f: {"heldout_accuracy": r.metrics["heldout_accuracy"], "output": r.output, "version": r.version}
+        f: {
+            "heldout_accuracy": r.metrics["heldout_accuracy"],
+            "output": r.output,
+            "version": r.version,
+        }
         for f, r in results.items()
     }
     print(json.dumps({"results": summary, "timings_s": timings}, indent=2))
@@ -121,7 +132,9 @@ def _pair_accuracy(result: TrainResult, pair: tuple[str, str]) -> float:
     return right / total if total else float("nan")
 
 
-def render_report(results: dict[str, TrainResult], timings: dict[str, float], argv: list[str]) -> str:
+def render_report(
+    results: dict[str, TrainResult], timings: dict[str, float], argv: list[str]
+) -> str:
     families = [f for f in FAMILIES if f in results]
     first = results[families[0]]
     m = first.metrics

@@ -4,13 +4,17 @@ Clips are decoded with `vidbatch.decode.decode_clips`, the same code inference u
 in memory as uint8. Videos (not clips) are split into train and held-out sets, so the held-out
 accuracy in the checkpoint measures videos the model never saw.
 
-Augmentations must keep the label: no horizontal flip (swaps moving_left/right and the rotation
-direction), no vertical flip (swaps cw/ccw), no time reversal (swaps every pair). Only photometric
-changes (brightness, contrast, channel order, noise) are used.
+Augmentations must keep the label right. Photometric changes (gain, colour offset, channel order)
+always do. Time reversal and mirroring change labels (time reversal turns moving_left into
+moving_right, growing into shrinking, cw into ccw), so they are applied only through label maps the
+config declares (`train.time_reversal`, `train.hflip`, `train.vflip`: label -> label after the
+transform; clips of unlisted labels are never transformed). Showing the same video under both
+labels of a pair is what stops a model from memorizing a pair by appearance.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -23,13 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from vidbatch.config import apply_overrides, parse
 from vidbatch.decode import decode_clips, probe
 from vidbatch.errors import ConfigError, describe
 from vidbatch.models.checkpoint import CheckpointMeta, save_checkpoint, weights_version
 from vidbatch.models.common import KINETICS_MEAN, KINETICS_STD, clips_to_tensor, param_count
+from vidbatch.models.loaded import default_device
 from vidbatch.models.registry import check_arch, get_model_spec
 from vidbatch.specs import ClipSpec
 from vidbatch.storage import filesystem
@@ -54,7 +61,11 @@ class LoopConfig:
     lr: float = 3e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.05
-    augment: bool = True
+    augment: bool = True  # photometric: gain, colour offset, channel order
+    # label -> label after the transform; a transform is applied (p = 0.5) only to listed labels
+    time_reversal: dict[str, str] = field(default_factory=dict)
+    hflip: dict[str, str] = field(default_factory=dict)
+    vflip: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     workers: int = 1  # > 1: data-parallel (DDP) over Ray Train workers
 
@@ -237,6 +248,48 @@ def split_videos(video_targets: np.ndarray, fraction: float, seed: int) -> np.nd
 # ---------------------------------------------------------------- training
 
 
+TRANSFORMS = ("time_reversal", "hflip", "vflip")
+
+
+def label_maps(loop: LoopConfig, labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each declared label map as an index array (-1: label not transformable), made symmetric.
+
+    A one-line ConfigError names the map and the label that is not in `labels`.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    maps = {}
+    for name in TRANSFORMS:
+        mapping = getattr(loop, name)
+        if not mapping:
+            continue
+        table = np.full(len(labels), -1, np.int64)
+        for src, dst in mapping.items():
+            for label in (src, dst):
+                if label not in index:
+                    raise ConfigError(f"train.{name}: {label!r} is not one of the labels")
+            for a, b in ((src, dst), (dst, src)):
+                if table[index[a]] not in (-1, index[b]):
+                    raise ConfigError(f"train.{name}: {a!r} maps to two labels")
+                table[index[a]] = index[b]
+        maps[name] = table
+    return maps
+
+
+def transform_labeled(
+    clips: np.ndarray, targets: np.ndarray, maps: dict[str, np.ndarray], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply each declared transform to half of the clips whose label it maps, with the label."""
+    clips, targets = clips.copy(), targets.copy()
+    axes = {"time_reversal": 1, "vflip": 2, "hflip": 3}  # (N, T, H, W, C)
+    for name, table in maps.items():
+        mapped = table[targets]
+        chosen = np.flatnonzero((mapped >= 0) & (rng.random(len(targets)) < 0.5))
+        if len(chosen):
+            clips[chosen] = np.flip(clips[chosen], axis=axes[name])
+            targets[chosen] = mapped[chosen]
+    return clips, targets
+
+
 def shuffle_channels(clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random RGB order per clip (on uint8, before normalization): colour is not the label."""
     out = np.empty_like(clips)
@@ -251,7 +304,7 @@ def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     gain = torch.empty((n, 1, 1, 1, 1)).uniform_(0.75, 1.25, generator=generator)
     bias = torch.empty((n, 1, 3, 1, 1)).uniform_(-0.3, 0.3, generator=generator)
-    return x.mul_(gain).add_(bias)
+    return x.mul_(gain.to(x.device)).add_(bias.to(x.device))
 
 
 def evaluate(
@@ -261,12 +314,14 @@ def evaluate(
     std: Sequence[float],
     batch: int = 64,
 ) -> np.ndarray:
-    """Predicted class per clip, in eval mode."""
+    """Predicted class per clip, in eval mode, on the module's device."""
     module.eval()
+    device = next(module.parameters()).device
     out = []
     with torch.inference_mode():
         for i in range(0, len(clips), batch):
-            out.append(module(clips_to_tensor(clips[i : i + batch], mean, std)).argmax(-1).numpy())
+            x = clips_to_tensor(clips[i : i + batch], mean, std, device=device)
+            out.append(module(x).argmax(-1).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
@@ -291,14 +346,20 @@ def fit(
     held_y: np.ndarray | None = None,
     rank: int = 0,
     world: int = 1,
+    labels: Sequence[str] = (),
     log: Log = print,
 ) -> list[dict[str, float]]:
-    """AdamW + warmup/cosine schedule; one line per epoch. With `world` > 1 each rank takes
-    every world-th sample of the shared permutation (the module is then DDP-wrapped)."""
+    """AdamW + warmup/cosine schedule on the module's device; one line per epoch.
+
+    With `world` > 1 (Ray Train workers) the module is DDP-wrapped and each rank takes every
+    world-th sample of the epoch's shared permutation, so all ranks run the same step count.
+    """
+    core = module.module if isinstance(module, DistributedDataParallel) else module
+    device = next(core.parameters()).device
     generator = torch.Generator().manual_seed(loop.seed + rank)
-    rng = np.random.default_rng(loop.seed)  # same permutation on every rank
+    rng = np.random.default_rng(loop.seed)  # the same permutation on every rank
     aug_rng = np.random.default_rng([loop.seed, rank])
-    module.to(memory_format=torch.channels_last)
+    maps = label_maps(loop, labels) if labels else {}
     decay = [p for p in module.parameters() if p.ndim > 1]
     no_decay = [p for p in module.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
@@ -329,11 +390,15 @@ def fit(
         loss_sum = 0.0
         for i in range(0, len(order), loop.batch_size):
             idx = np.sort(order[i : i + loop.batch_size])
-            batch = shuffle_channels(train_x[idx], aug_rng) if loop.augment else train_x[idx]
-            x = clips_to_tensor(batch, mean, std)
+            batch, targets = train_x[idx], train_y[idx]
+            if maps:
+                batch, targets = transform_labeled(batch, targets, maps, aug_rng)
+            if loop.augment:
+                batch = shuffle_channels(batch, aug_rng)
+            x = clips_to_tensor(batch, mean, std, device=device)
             if loop.augment:
                 x = jitter(x, generator)
-            y = torch.from_numpy(train_y[idx])
+            y = torch.from_numpy(targets).to(device)
             logits = module(x)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -350,14 +415,19 @@ def fit(
             "train_accuracy": correct / max(1, seen),
         }
         if held_x is not None and held_y is not None and rank == 0:
-            record["heldout_accuracy"] = float(
-                (evaluate(module, held_x, mean, std) == held_y).mean()
-            )
+            # The unwrapped module: a DDP forward on one rank alone could wait on the others.
+            pred = evaluate(core, held_x, mean, std)
+            record["heldout_accuracy"] = float((pred == held_y).mean())
+            classes = np.unique(held_y)
+            recall = [float((pred[held_y == c] == c).mean()) for c in classes]
+            record["worst_class"] = int(classes[int(np.argmin(recall))])
+            record["worst_recall"] = min(recall)
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         if rank == 0:
             held = (
-                f" heldout_acc {record['heldout_accuracy']:.3f}"
+                f" heldout_acc {record['heldout_accuracy']:.3f} (worst: "
+                f"{_name(labels, record['worst_class'])} {record['worst_recall']:.2f})"
                 if "heldout_accuracy" in record
                 else ""
             )
@@ -366,6 +436,109 @@ def fit(
                 f"train_acc {record['train_accuracy']:.3f}{held} ({record['seconds']:.1f}s)"
             )
     return history
+
+
+def _name(labels: Sequence[str], index: float) -> str:
+    return labels[int(index)] if int(index) < len(labels) else f"class {int(index)}"
+
+
+def fit_distributed(
+    module: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    loop: LoopConfig,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    held_x: np.ndarray | None = None,
+    held_y: np.ndarray | None = None,
+    labels: Sequence[str] = (),
+    log: Log = print,
+) -> list[dict[str, float]]:
+    """`fit` on `loop.workers` Ray Train workers (DDP: gloo on CPU, NCCL with GPUs).
+
+    The decoded clips go to the object store once; every worker runs `fit` on its shard and
+    rank 0 sends the weights back as a Ray Train checkpoint, loaded into `module` here.
+    """
+    import tempfile
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    config = {
+        "module": module.cpu(),
+        "arrays": {
+            k: ray.put(v)
+            for k, v in {
+                "train_x": train_x,
+                "train_y": train_y,
+                "held_x": held_x,
+                "held_y": held_y,
+            }.items()
+        },
+        "loop": loop,
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "labels": tuple(labels),
+    }
+    with tempfile.TemporaryDirectory(prefix="vidbatch-train-") as storage:
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=loop.workers, use_gpu=use_gpu),
+            run_config=RunConfig(name="vidbatch-train", storage_path=storage),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train finished without a checkpoint ({result.error})")
+        with result.checkpoint.as_directory() as folder:
+            state = load_file(os.path.join(folder, "model.safetensors"))
+            history = json.loads(Path(folder, "history.json").read_text())
+    module.load_state_dict(state)
+    for record in history:
+        log(f"epoch {record['epoch']}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+    return history
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: DDP-wrap, run `fit` on this rank's shard, rank 0 checkpoints."""
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.torch import prepare_model
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    arrays = {k: ray.get(v) for k, v in config["arrays"].items()}
+    module = prepare_model(config["module"].to(memory_format=torch.channels_last))
+    history = fit(
+        module,
+        arrays["train_x"],
+        arrays["train_y"],
+        config["loop"],
+        mean=config["mean"],
+        std=config["std"],
+        held_x=arrays["held_x"],
+        held_y=arrays["held_y"],
+        rank=rank,
+        world=world,
+        labels=config["labels"],
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            core = module.module if isinstance(module, DistributedDataParallel) else module
+            state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()}
+            save_file(state, os.path.join(folder, "model.safetensors"))
+            Path(folder, "history.json").write_text(json.dumps(history))
+            checkpoint = Checkpoint.from_directory(folder)
+        ray.train.report({"epochs": len(history)}, checkpoint=checkpoint)
 
 
 @dataclass
@@ -403,7 +576,13 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
     elif clip_set.clip != config.clip:
         raise ValueError(f"clip_set was decoded at {clip_set.clip}, config wants {config.clip}")
     labels = clip_set.labels
+    label_maps(loop, labels)  # a wrong label in a map fails here, before training
     held_videos = split_videos(clip_set.video_targets, config.data.holdout_fraction, loop.seed)
+    if not held_videos.any():
+        raise ValueError(
+            f"data.manifest {config.data.manifest}: too few videos to hold any out "
+            "(each label needs at least 2 videos)"
+        )
     held = held_videos[clip_set.videos]
     train_x, train_y = clip_set.clips[~held], clip_set.targets[~held]
     held_x, held_y = clip_set.clips[held], clip_set.targets[held]
@@ -418,8 +597,6 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
     )
     began = time.perf_counter()
     if loop.workers > 1:
-        from vidbatch.train_ray import fit_distributed
-
         history = fit_distributed(
             module,
             train_x,
@@ -429,9 +606,11 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
             std=std,
             held_x=held_x,
             held_y=held_y,
+            labels=labels,
             log=log,
         )
     else:
+        module.to(default_device(), memory_format=torch.channels_last)
         history = fit(
             module,
             train_x,
@@ -441,6 +620,7 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
             std=std,
             held_x=held_x,
             held_y=held_y,
+            labels=labels,
             log=log,
         )
     train_seconds = time.perf_counter() - began
@@ -467,7 +647,7 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
     }
     log(
         f"held-out accuracy {metrics['heldout_accuracy']:.3f}; per-class recall: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in metrics["per_class_recall"].items())
+        + ", ".join(f"{k} {v:.2f}" for k, v in metrics["per_class_recall"].items() if v is not None)
     )
     meta = CheckpointMeta(
         name=spec.name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidbatch.models.common import FrameEncoder
+from vidbatch.models.common import Background, FrameEncoder
 from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
@@ -18,10 +18,19 @@ class FramePoolCNN(nn.Module):
     """(B, T, 3, H, W) -> logits (B, num_classes): encode frames, average over time, classify."""
 
     def __init__(
-        self, num_classes: int, *, width: int = 32, dim: int = 128, dropout: float = 0.1
+        self,
+        num_classes: int,
+        *,
+        width: int = 32,
+        dim: int = 128,
+        keypoints: int = 16,
+        background: Background = "frame-median",
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.encoder = FrameEncoder(width=width, dim=dim)
+        self.encoder = FrameEncoder(
+            width=width, dim=dim, keypoints=keypoints, background=background
+        )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
@@ -40,8 +49,17 @@ def motion_cnn(
     clip: ClipSpec,
     width: int = 32,
     dim: int = 128,
+    keypoints: int = 16,
+    background: Background = "frame-median",
     dropout: float = 0.1,
 ) -> FramePoolCNN:
     """Per-frame 2D CNN + temporal mean pooling + linear head (order-blind baseline)."""
     del clip  # any clip length works: pooling is over time
-    return FramePoolCNN(num_classes, width=width, dim=dim, dropout=dropout)
+    return FramePoolCNN(
+        num_classes,
+        width=width,
+        dim=dim,
+        keypoints=keypoints,
+        background=background,
+        dropout=dropout,
+    )

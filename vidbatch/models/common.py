@@ -7,7 +7,9 @@ model is byte-for-byte the one that runs it.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,7 +42,8 @@ def clips_to_tensor(
     return x.permute(0, 1, 4, 2, 3)
 
 
-BACKGROUNDS = ("frame-median", "clip-mean", "none")
+Background = Literal["frame-median", "clip-mean", "none"]
+BACKGROUNDS: tuple[str, ...] = typing.get_args(Background)
 
 
 def remove_background(clips: torch.Tensor, mode: str) -> torch.Tensor:
@@ -136,7 +139,7 @@ class FrameEncoder(nn.Module):
         width: int = 32,
         dim: int = 128,
         keypoints: int = 16,
-        background: str = "frame-median",
+        background: Background = "frame-median",
     ) -> None:
         super().__init__()
         if background not in BACKGROUNDS:

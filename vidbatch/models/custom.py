@@ -40,7 +40,9 @@ def custom_spec(name: str) -> ModelSpec:
         raise ValueError(f"model {name!r}: cannot import factory ({exc})") from None
     if not callable(factory):
         raise ValueError(f"model {name!r}: {attr} is not callable")
-    return ModelSpec(name=name, family=FAMILY, task="classify", default_weights=None, builder=factory)
+    return ModelSpec(
+        name=name, family=FAMILY, task="classify", default_weights=None, builder=factory
+    )
 
 
 def _call_factory(spec: ModelSpec) -> tuple[nn.Module, Mapping[str, Any]]:
@@ -84,11 +86,12 @@ def load_custom(spec: ModelSpec, data: bytes, uri: str, device: torch.device) ->
         name=spec.name,
         family=FAMILY,
         module=module,
-        version=str(meta.get("version") or (weights_version(data) if data else _state_version(module))),
+        version=str(
+            meta.get("version") or (weights_version(data) if data else _state_version(module))
+        ),
         labels=list(meta["labels"]),
         clip=clip if isinstance(clip, ClipSpec) else ClipSpec(**clip),
         mean=tuple(meta.get("mean", _IMAGENET_MEAN)),
         std=tuple(meta.get("std", _IMAGENET_STD)),
         device=device,
     )
-

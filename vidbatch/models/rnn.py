@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vidbatch.models.common import FrameEncoder
+from vidbatch.models.common import Background, FrameEncoder
 from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
@@ -22,6 +22,8 @@ class FrameRNN(nn.Module):
         *,
         width: int = 32,
         dim: int = 128,
+        keypoints: int = 16,
+        background: Background = "frame-median",
         cell: Literal["gru", "lstm"] = "gru",
         hidden: int = 128,
         layers: int = 1,
@@ -33,7 +35,9 @@ class FrameRNN(nn.Module):
             raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
         if pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
-        self.encoder = FrameEncoder(width=width, dim=dim)
+        self.encoder = FrameEncoder(
+            width=width, dim=dim, keypoints=keypoints, background=background
+        )
         rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(
             dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
@@ -59,6 +63,8 @@ def motion_rnn(
     clip: ClipSpec,
     width: int = 32,
     dim: int = 128,
+    keypoints: int = 16,
+    background: Background = "frame-median",
     cell: Literal["gru", "lstm"] = "gru",
     hidden: int = 128,
     layers: int = 1,
@@ -71,6 +77,8 @@ def motion_rnn(
         num_classes,
         width=width,
         dim=dim,
+        keypoints=keypoints,
+        background=background,
         cell=cell,
         hidden=hidden,
         layers=layers,

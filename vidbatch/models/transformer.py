@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vidbatch.models.common import FrameEncoder
+from vidbatch.models.common import Background, FrameEncoder
 from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
@@ -34,6 +34,8 @@ class FrameTransformer(nn.Module):
         frames: int,
         width: int = 32,
         dim: int = 128,
+        keypoints: int = 16,
+        background: Background = "frame-median",
         depth: int = 2,
         heads: int = 4,
         mlp_ratio: float = 1.5,
@@ -46,12 +48,16 @@ class FrameTransformer(nn.Module):
             raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {positional!r}")
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        self.encoder = FrameEncoder(width=width, dim=dim)
+        self.encoder = FrameEncoder(
+            width=width, dim=dim, keypoints=keypoints, background=background
+        )
         self.pool = pool
         self.frames = frames
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         if positional == "learned":
-            self.position = nn.Parameter(torch.randn(1, frames, dim) * 0.02)
+            # Start from the sinusoidal table: tiny random positions leave the model order-blind
+            # (like the CNN) for many epochs.
+            self.position = nn.Parameter(sinusoidal_encoding(frames, dim)[None].clone())
         else:
             self.register_buffer(
                 "position", sinusoidal_encoding(frames, dim)[None], persistent=False
@@ -91,6 +97,8 @@ def motion_transformer(
     clip: ClipSpec,
     width: int = 32,
     dim: int = 128,
+    keypoints: int = 16,
+    background: Background = "frame-median",
     depth: int = 2,
     heads: int = 4,
     mlp_ratio: float = 1.5,
@@ -104,6 +112,8 @@ def motion_transformer(
         frames=clip.frames,
         width=width,
         dim=dim,
+        keypoints=keypoints,
+        background=background,
         depth=depth,
         heads=heads,
         mlp_ratio=mlp_ratio,

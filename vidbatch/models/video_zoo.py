@@ -79,7 +79,9 @@ for _name in NAMES:
 
 
 @register_loader(FAMILY)
-def load_video_classifier(spec: ModelSpec, data: bytes, uri: str, device: torch.device) -> Classifier:
+def load_video_classifier(
+    spec: ModelSpec, data: bytes, uri: str, device: torch.device
+) -> Classifier:
     from vidbatch.models.checkpoint import fit_torchvision_state, read_state_dict
 
     meta = weights_meta(spec.name)
