@@ -214,3 +214,12 @@ def test_detection_boxes_are_normalized_to_the_displayed_frame(ray_session, tmp_
     assert blank and not found & blank and found
     statuses = {v["uri"].rsplit("/", 1)[-1]: v["status"] for v in read(str(tmp_path / "out"), "videos").to_pylist()}
     assert statuses["blink.mp4"] == "ok"
+
+
+def test_demo_indexes_and_queries(ray_session, tmp_path, capsys):
+    from vidbatch.demo import run_demo
+
+    assert run_demo(tmp_path / "demo", videos=8) == 0
+    out = capsys.readouterr().out
+    assert "label counts over the clips table" in out and "most frequent detected labels" in out
+    assert (tmp_path / "demo" / "index" / "clips").is_dir()
