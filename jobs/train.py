@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from vidbatch.models.checkpoint import read_bytes, read_metadata, weights_version
 from vidbatch.synth import CLASSES, synthesize
 from vidbatch.train import (
     ClipSet,
@@ -50,12 +51,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", default=str(ROOT / "jobs"), help="train_motion-*.yaml folder")
     p.add_argument("--docs", default=str(ROOT / "docs" / "models.md"))
     p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the docs from the metadata of the checkpoints in --assets",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     families = FAMILIES if args.family == "all" else (args.family,)
+    if args.report_only:
+        results = {
+            f: result_from_checkpoint(Path(args.assets) / f"motion-{f}.safetensors")
+            for f in families
+        }
+        timings = {f"train {f}": float(r.metrics["train_seconds"]) for f, r in results.items()}
+        write_report(Path(args.docs), results, timings, ["--family", args.family, "--report"])
+        print(f"wrote {args.docs} from {', '.join(r.output for r in results.values())}")
+        return 0
     began = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -107,6 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         write_report(Path(args.docs), results, timings, argv if argv is not None else sys.argv[1:])
         print(f"wrote {args.docs}")
     return 0
+
+
+def result_from_checkpoint(path: Path) -> TrainResult:
+    """A TrainResult rebuilt from a checkpoint's metadata (metrics are stored in the file)."""
+    data = read_bytes(str(path))
+    meta = read_metadata(str(path))
+    return TrainResult(
+        output=str(path),
+        version=weights_version(data),
+        metrics=meta.metrics,
+        history=[],
+        meta=meta,
+        size_bytes=len(data),
+    )
 
 
 def _config(args: argparse.Namespace, family: str, manifest: Path, description: str) -> TrainConfig:
@@ -166,7 +195,8 @@ def render_report(
         "| --- | " + " | ".join("---:" for _ in families) + " |",
     ]
     for label in first.meta.labels:
-        cells = [f"{results[f].metrics['per_class_recall'][label]:.2f}" for f in families]
+        recalls = [results[f].metrics["per_class_recall"].get(label) for f in families]
+        cells = ["-" if r is None else f"{r:.2f}" for r in recalls]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",

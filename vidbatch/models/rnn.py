@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vidbatch.models.common import Background, FrameEncoder
-from vidbatch.models.registry import asset_path, register_model
+from vidbatch.models.registry import register_model
 from vidbatch.specs import ClipSpec
 
 
@@ -55,7 +55,7 @@ class FrameRNN(nn.Module):
     "motion-rnn",
     family="rnn",
     task="classify",
-    default_weights=asset_path("motion-rnn.safetensors"),
+    default_weights=None,  # no shipped checkpoint yet: see docs/models.md
 )
 def motion_rnn(
     *,

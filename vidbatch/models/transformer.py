@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vidbatch.models.common import Background, FrameEncoder
-from vidbatch.models.registry import asset_path, register_model
+from vidbatch.models.registry import register_model
 from vidbatch.specs import ClipSpec
 
 
@@ -89,7 +89,7 @@ class FrameTransformer(nn.Module):
     "motion-transformer",
     family="transformer",
     task="classify",
-    default_weights=asset_path("motion-transformer.safetensors"),
+    default_weights=None,  # no shipped checkpoint yet: see docs/models.md
 )
 def motion_transformer(
     *,
