@@ -66,92 +66,60 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
     )
 
 
-_ORDERS = (2, 3, 4)
-_BASES: dict[tuple[int, int, str], torch.Tensor] = {}
-
-
-def moment_basis(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(H*W, 2 * (top + 1) + 1): real and imaginary parts of z^j (j = 0..top) and |z|^2, where
-    z = x + iy is each pixel's position in [-1, 1]^2."""
-    key = (h, w, str(device))
-    if key not in _BASES:
-        ys, xs = torch.meshgrid(
-            torch.linspace(-1.0, 1.0, h), torch.linspace(-1.0, 1.0, w), indexing="ij"
-        )
-        z = torch.complex(xs.flatten(), ys.flatten()).to(torch.complex64)
-        powers = torch.stack([z**j for j in range(max(_ORDERS) + 1)], dim=1)
-        columns = [powers.real, powers.imag, (z.abs() ** 2)[:, None]]
-        _BASES[key] = torch.cat(columns, dim=1).float().to(device)
-    return _BASES[key]
-
-
-def weighted_moments(weights: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(N, K, H*W) non-negative weights (summing to about 1) -> (N, K, 3 + 2 * len(orders)):
-    centroid (x, y), variance (size), and the central complex moments sum(w * (z - c)^k),
-    k = 2, 3, 4, scaled to about a radius (their phase is the orientation of a k-fold shape).
-
-    One matmul with a fixed basis of raw moments; central moments by binomial expansion.
-    """
-    with torch.autocast(weights.device.type, enabled=False):  # complex math stays in fp32
-        raw = weights.float() @ moment_basis(h, w, weights.device)
-        top = max(_ORDERS)
-        m = torch.complex(raw[..., : top + 1], raw[..., top + 1 : 2 * top + 2])  # sum(w z^j)
-        mass = m[..., 0].real + 1e-3  # < 1 only for a (nearly) empty foreground: moments -> 0
-        c = m[..., 1] / mass
-        var = (raw[..., -1] / mass - c.abs() ** 2).clamp_min(1e-4)
-        out = [c.real, c.imag, var]
-        for order in _ORDERS:
-            central = sum(
-                math.comb(order, j) * (-c) ** (order - j) * m[..., j] for j in range(order + 1)
-            )
-            central = central / var ** ((order - 1) / 2)
-            out += [central.real, central.imag]
-        return torch.stack(out, dim=-1)
-
-
-MOMENTS = 3 + 2 * len(_ORDERS)
-
-
 class SpatialMoments(nn.Module):
-    """(N, K, H, W) -> (N, K * MOMENTS): the moments of each channel's spatial softmax.
+    """(N, K, H, W) -> (N, K * (3 + 2 * len(orders))): each channel's softmax map summarized by
+    its moments - centroid (x, y), variance (size), and the central complex moments
+    sum(w * (z - c)^k) (orientation, modulo the k-fold symmetry of the shape).
 
     Positions and shapes as numbers (spatial soft-argmax, Levine et al. 2016, extended with
     higher moments) generalize from a few hundred videos where a flattened feature map would
-    memorize them.
+    memorize them; a turning square or triangle turns the phase of its 4th or 3rd moment.
+    All moments come from one matmul of the weights with a fixed basis of raw moments.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(
+        self, channels: int, orders: tuple[int, ...] = (2, 3, 4), temperature: float = 1.0
+    ) -> None:
         super().__init__()
-        self.log_temperature = nn.Parameter(torch.zeros(channels, 1))
+        self.orders = tuple(sorted(orders))
+        self.log_temperature = nn.Parameter(torch.full((channels, 1), math.log(temperature)))
+        self._basis: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def basis(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(H*W, 2 * (top + 1) + 1): real and imaginary parts of z^j, j = 0..top, and |z|^2."""
+        key = (h, w, device)
+        if key not in self._basis:
+            ys, xs = torch.meshgrid(
+                torch.linspace(-1.0, 1.0, h), torch.linspace(-1.0, 1.0, w), indexing="ij"
+            )
+            z = torch.complex(xs.flatten(), ys.flatten()).to(torch.complex64)
+            top = max(self.orders, default=1)
+            powers = torch.stack([z**j for j in range(top + 1)], dim=1)
+            columns = [powers.real, powers.imag, (z.abs() ** 2)[:, None]]
+            self._basis[key] = torch.cat(columns, dim=1).float().to(device)
+        return self._basis[key]
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(maps.device.type, enabled=False):  # complex math stays in fp32
+            return self._moments(maps.float())
+
+    def _moments(self, maps: torch.Tensor) -> torch.Tensor:
         n, k, h, w = maps.shape
-        weights = (maps.flatten(2).float() / self.log_temperature.exp()).softmax(-1)
-        return weighted_moments(weights, h, w).flatten(1)
-
-
-class ForegroundMoments(nn.Module):
-    """(N, 3, H, W) background-removed frames -> (N, MOMENTS + 1): moments and area of the
-    foreground mask (pixels far from the background colour). Parameter-free.
-
-    A steep mask, not a softmax: thousands of background pixels each contribute a little to a
-    softmax and drown the shape's orientation (measured: with this mask the 3rd/4th moment phase
-    turns the right way on 98-100% of held-out rotating clips; with a soft one, about 50%).
-    """
-
-    def __init__(self, threshold: float = 1.5, slope: float = 12.0) -> None:
-        super().__init__()
-        self.threshold = threshold  # in normalized units: about 0.33 of the 0..1 colour range
-        self.slope = slope
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = frames.shape
-        with torch.autocast(frames.device.type, enabled=False):
-            distance = frames.float().norm(dim=1).flatten(1)
-            mask = torch.sigmoid(self.slope * (distance - self.threshold))
-            weights = mask / (mask.sum(dim=1, keepdim=True) + 1.0)  # an empty frame -> ~0
-            moments = weighted_moments(weights[:, None], h, w)[:, 0]
-            return torch.cat([moments, mask.mean(dim=1, keepdim=True)], dim=1)
+        weights = (maps.flatten(2) / self.log_temperature.exp()).softmax(-1)
+        raw = weights @ self.basis(h, w, maps.device)  # (N, K, 2 * (top + 1) + 1)
+        top = max(self.orders, default=1)
+        m = torch.complex(raw[..., : top + 1], raw[..., top + 1 : 2 * top + 2])  # sum(w z^j)
+        c = m[..., 1]
+        var = (raw[..., -1] - c.abs() ** 2).clamp_min(1e-6)
+        out = [c.real, c.imag, var]
+        for order in self.orders:
+            # central moment by the binomial expansion of (z - c)^order over raw moments
+            central = sum(
+                math.comb(order, j) * (-c) ** (order - j) * m[..., j] for j in range(order + 1)
+            )
+            central = central / var ** ((order - 1) / 2)  # about the scale of a radius
+            out += [central.real, central.imag]
+        return torch.stack(out, dim=-1).flatten(1)
 
 
 class FrameEncoder(nn.Module):
@@ -187,9 +155,10 @@ class FrameEncoder(nn.Module):
         self.late = nn.Sequential(_conv_bn(half, width, 3, 2), _conv_bn(width, width, 3, 1))
         self.keypoint_maps = nn.Conv2d(half, keypoints, 1)
         self.moments = SpatialMoments(keypoints)
-        # Parameter-free: where the foreground is, how large and how turned, from the first step.
-        self.foreground = ForegroundMoments()
-        size = keypoints * MOMENTS + MOMENTS + 1 + width
+        # Parameter-free saliency: distance of each pixel from the background colour. Its moments
+        # give the object's position, size and turn from the first step of training.
+        self.saliency_moments = SpatialMoments(1, temperature=0.25)
+        size = (keypoints + 1) * (3 + 2 * len(self.moments.orders)) + width
         self.project = nn.Sequential(
             nn.LayerNorm(size), nn.Linear(size, dim), nn.ReLU(inplace=True)
         )
@@ -201,8 +170,10 @@ class FrameEncoder(nn.Module):
         frames = clips.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         early = self.early(frames)
         pooled = self.late(early).mean(dim=(2, 3))
+        saliency = frames.norm(dim=1, keepdim=True)
         summary = torch.cat(
-            [self.moments(self.keypoint_maps(early)), self.foreground(frames), pooled], dim=1
+            [self.moments(self.keypoint_maps(early)), self.saliency_moments(saliency), pooled],
+            dim=1,
         )
         return self.project(summary.to(pooled.dtype)).view(b, t, self.dim)
 
