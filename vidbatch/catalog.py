@@ -95,7 +95,11 @@ def _full_uri(fs: Any, path: str) -> str:
 def _from_manifest(fs: Any, path: str, uri: str, storage_options: Any) -> list[VideoRef]:
     with fs.open(path, "rb") as handle:
         data = handle.read()
-    table = pq.read_table(io.BytesIO(data)) if path.endswith(".parquet") else pacsv.read_csv(pa.py_buffer(data))
+    table = (
+        pq.read_table(io.BytesIO(data))
+        if path.endswith(".parquet")
+        else pacsv.read_csv(pa.py_buffer(data))
+    )
     if "uri" not in table.column_names:
         raise ConfigError(f"source.uri: manifest {uri} has no 'uri' column")
     uris = [u for u in table.column("uri").to_pylist() if u]

@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("run", help="index an archive as a config describes")
     p.add_argument("config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     p.add_argument("--limit", type=int, help="index at most N videos")
     p.add_argument("--dry-run", action="store_true", help="list and plan without decoding")
     p.set_defaults(func=_cmd_run)

@@ -46,6 +46,10 @@ class Resources:
     batch_size: int | str = "auto"
     decode_cpus: float = 1.0
     commit_every: int = 64  # videos per committed chunk: what a killed driver can lose
+    # Probe and decode run in a child process with these deadlines (seconds; 0: in-process,
+    # unguarded): a decoder crash or hang then fails one video instead of the worker.
+    probe_timeout_s: float = 60.0
+    decode_timeout_s: float = 600.0  # per segment
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class JobConfig:
                 raise ConfigError(f"models[{i}].top_k: must be >= 1")
         if self.resources.commit_every < 1:
             raise ConfigError("resources.commit_every: must be >= 1")
+        for key in ("probe_timeout_s", "decode_timeout_s"):
+            if getattr(self.resources, key) < 0:
+                raise ConfigError(f"resources.{key}: must be >= 0 (0 turns isolation off)")
         for key in ("gpus_per_actor", "actors", "batch_size"):
             value = getattr(self.resources, key)
             if isinstance(value, str) and value != "auto":

@@ -35,7 +35,9 @@ class VideoInfo:
 
 
 @contextmanager
-def open_video(uri: str, storage_options: Mapping[str, Any] | None = None, *, stage: str = "decode"):
+def open_video(
+    uri: str, storage_options: Mapping[str, Any] | None = None, *, stage: str = "decode"
+):
     """(container, video stream) with errors turned into one-line StageErrors."""
     handle = None
     try:
@@ -73,7 +75,9 @@ def _info(container: Any, stream: Any) -> VideoInfo:
     if stream.duration and tb:
         duration = float(stream.duration * tb)
     elif container.duration:
-        duration = container.duration / av.time_base - max(0.0, start_s - _container_start(container))
+        duration = container.duration / av.time_base - max(
+            0.0, start_s - _container_start(container)
+        )
     else:
         duration = 0.0
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate

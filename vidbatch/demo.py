@@ -40,7 +40,9 @@ def run_demo(directory: str | Path = "vidbatch-demo", *, videos: int = 20) -> in
         "FROM detections GROUP BY label ORDER BY detections DESC"
     )
     for row in query(str(root / "index"), sql).to_pylist():
-        print(f"  {row['label']:<14} {row['detections']:>5} detections  avg score {row['avg_score']}")
+        print(
+            f"  {row['label']:<14} {row['detections']:>5} detections  avg score {row['avg_score']}"
+        )
     print(f"index written to {root / 'index'}; try:")
     print(f'  vidbatch query {root / "index"} "SELECT uri, label, clip_start_s FROM clips LIMIT 5"')
     return 0 if summary.failed == 0 else 1

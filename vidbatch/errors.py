@@ -15,6 +15,9 @@ class StageError(Exception):
         self.stage = stage
         self.message = message
 
+    def __reduce__(self):  # crosses process boundaries (sandbox, Ray) intact
+        return (type(self), (self.stage, self.message))
+
 
 def describe(exc: BaseException) -> str:
     """One line for an error row: the exception type and its first line, never a traceback."""

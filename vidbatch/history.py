@@ -40,15 +40,19 @@ class IndexState:
 def read_index_state(output_uri: str, storage_options: Mapping[str, Any] | None) -> IndexState:
     state = IndexState()
     videos = table_dataset(output_uri, "videos", storage_options)
-    table = videos.to_table(columns=["video_id", "uri", "status", "config_key"]) if hasattr(
-        videos, "to_table"
-    ) else videos
+    table = (
+        videos.to_table(columns=["video_id", "uri", "status", "config_key"])
+        if hasattr(videos, "to_table")
+        else videos
+    )
     if not table.num_rows:
         return state
     state.seen_ids = set(table.column("video_id").to_pylist())
     state.seen_uris = set(table.column("uri").to_pylist())
     ok = table.filter(pc.equal(table.column("status"), "ok"))
-    for video_id, key in zip(ok.column("video_id").to_pylist(), ok.column("config_key").to_pylist(), strict=True):
+    for video_id, key in zip(
+        ok.column("video_id").to_pylist(), ok.column("config_key").to_pylist(), strict=True
+    ):
         state.ok_keys.setdefault(video_id, set()).add(key)
     return state
 
@@ -74,7 +78,9 @@ def remove_orphans(output_uri: str, storage_options: Mapping[str, Any] | None) -
     return removed
 
 
-def committed_files(output_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, list[str]]:
+def committed_files(
+    output_uri: str, storage_options: Mapping[str, Any] | None
+) -> dict[str, list[str]]:
     """File name -> its paths in every table and partition (names are shared across tables)."""
     fs, root = filesystem(output_uri, storage_options)
     files: dict[str, list[str]] = {}
@@ -92,7 +98,9 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def write_run_record(output_uri: str, storage_options: Mapping[str, Any] | None, record: dict) -> None:
+def write_run_record(
+    output_uri: str, storage_options: Mapping[str, Any] | None, record: dict
+) -> None:
     """`_runs/<run_id>.json`: one small JSON per run, rewritten as the run progresses."""
     fs, root = filesystem(output_uri, storage_options)
     path = join(root, "_runs", f"{record['run_id']}.json")
@@ -100,7 +108,9 @@ def write_run_record(output_uri: str, storage_options: Mapping[str, Any] | None,
     fs.pipe_file(path, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
 
 
-def read_run_records(output_uri: str, storage_options: Mapping[str, Any] | None = None) -> list[dict]:
+def read_run_records(
+    output_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> list[dict]:
     fs, root = filesystem(output_uri, storage_options)
     folder = join(root, "_runs")
     if not fs.exists(folder):

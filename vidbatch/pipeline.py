@@ -32,6 +32,7 @@ from vidbatch.history import (
     remove_orphans,
     write_run_record,
 )
+from vidbatch.isolation import SandboxPool
 from vidbatch.planning import plan_segments
 from vidbatch.sink import TableSink
 from vidbatch.specs import ClipSpec, FrameSpec
@@ -133,7 +134,9 @@ def load_models(config: JobConfig) -> list[Any]:
     loaded = []
     for i, m in enumerate(config.models):
         try:
-            loaded.append(load_model(m.name, m.weights, storage_options=m.storage_options, device="cpu"))
+            loaded.append(
+                load_model(m.name, m.weights, storage_options=m.storage_options, device="cpu")
+            )
         except (ValueError, FileNotFoundError, OSError) as exc:
             raise ConfigError(f"models[{i}] ({m.name}): {describe(exc)}") from exc
     return loaded
@@ -163,14 +166,16 @@ def plan_run(config: JobConfig, *, limit: int | None = None, log: Log = _stderr)
             state.error = "probe: empty file (0 bytes)"
             return
         try:
-            state.info = probe(state.ref.uri, config.source.storage_options)
+            state.info = sandboxes.run("probe", probe, state.ref.uri, config.source.storage_options)
         except StageError as exc:
             state.error = str(exc)
         except Exception as exc:  # one unreadable file must not stop the listing
             state.error = f"probe: {describe(exc)}"
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(probe_one, todo))
+    workers = max(1, min(8, len(todo)))
+    with SandboxPool(workers, config.resources.probe_timeout_s) as sandboxes:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(probe_one, todo))
 
     clip_specs = tuple(dict.fromkeys(m.clip for m in models if m.task == "classify"))
     frame_spec = config.sampling.frames if any(m.task == "detect" for m in models) else None
@@ -215,7 +220,9 @@ def _resources(config: JobConfig, segments: int) -> dict[str, Any]:
     cluster = ray.cluster_resources()
     gpus = cluster.get("GPU", 0)
     res = config.resources
-    per_actor = (1.0 if gpus else 0.0) if res.gpus_per_actor == "auto" else float(res.gpus_per_actor)
+    per_actor = (
+        (1.0 if gpus else 0.0) if res.gpus_per_actor == "auto" else float(res.gpus_per_actor)
+    )
     if res.actors == "auto":
         # CPU-only, Ray fuses decode into the inference actors: one actor per core decodes in parallel.
         actors = int(gpus // per_actor) if per_actor else max(1, int(cluster.get("CPU", 1)))
@@ -247,6 +254,7 @@ def _segment_results(config: JobConfig, plan: Plan, log: Log):
         plan.frame_spec,
         dict(config.source.storage_options),
         mode=config.sampling.decode_mode,
+        timeout_s=config.resources.decode_timeout_s,
     )
     ds = ds.map(decode, num_cpus=config.resources.decode_cpus)
     ds = ds.map_batches(
@@ -298,23 +306,39 @@ class ChunkWriter:
 
     def _commit(self, chunk: int, states: list[VideoState]) -> None:
         ids = sorted(s.ref.video_id for s in states)
-        name = "part-" + hashlib.sha256("\n".join([self.plan.config_key, *ids]).encode()).hexdigest()[:16]
+        name = (
+            "part-"
+            + hashlib.sha256("\n".join([self.plan.config_key, *ids]).encode()).hexdigest()[:16]
+        )
         self._commit_rows(name, states, self.rows.pop(chunk, {}))
 
-    def _commit_rows(self, name: str, states: list[VideoState], rows: dict[str, list[pa.Table]]) -> None:
+    def _commit_rows(
+        self, name: str, states: list[VideoState], rows: dict[str, list[pa.Table]]
+    ) -> None:
         failed = [s.ref.video_id for s in states if s.error]
-        sink = TableSink(self.config.output.uri, self.config.output.storage_options, self.plan.run_id)
-        for table_name in ("clips", "detections"):  # data first, the videos file last: it is the commit
+        sink = TableSink(
+            self.config.output.uri, self.config.output.storage_options, self.plan.run_id
+        )
+        for table_name in (
+            "clips",
+            "detections",
+        ):  # data first, the videos file last: it is the commit
             if table_name not in rows:
                 continue
             table = pa.concat_tables(rows[table_name])
             if failed:  # a video is indexed whole or not at all
-                table = table.filter(pc.invert(pc.is_in(table.column("video_id"), pa.array(failed))))
+                table = table.filter(
+                    pc.invert(pc.is_in(table.column("video_id"), pa.array(failed)))
+                )
             self.counts[table_name] += table.num_rows
             sink.stage_by(table_name, table, "model", {"date": self.date}, part=name)
         sink.stage("videos", videos_table(self.plan, states), {"date": self.date}, part=name)
         targets = set(sink.staged)
-        stale = [p for p in self.existing.get(f"{name}.parquet", []) if not any(p.endswith(t) for t in targets)]
+        stale = [
+            p
+            for p in self.existing.get(f"{name}.parquet", [])
+            if not any(p.endswith(t) for t in targets)
+        ]
         sink.commit()
         for path in stale:  # the same work committed under an earlier date partition
             sink.fs.rm(path)

@@ -57,7 +57,9 @@ class TableSink:
         self.fs.pipe_file(target, buffer.getvalue())
         self.staged.append(relative)
 
-    def stage_by(self, name: str, table: pa.Table, column: str, partitions: Mapping[str, str], part: str) -> None:
+    def stage_by(
+        self, name: str, table: pa.Table, column: str, partitions: Mapping[str, str], part: str
+    ) -> None:
         """Stage one file per distinct value of `column` (e.g. one per model)."""
         for value in pc.unique(table.column(column)).to_pylist() if table.num_rows else []:
             rows = table.filter(pc.equal(table.column(column), value))

@@ -14,6 +14,7 @@ from vidbatch import tables
 from vidbatch.config import ModelConfig
 from vidbatch.decode import decode_samples
 from vidbatch.errors import StageError, describe
+from vidbatch.isolation import run_isolated, worker_sandbox
 from vidbatch.planning import Segment, clip_starts, frame_times, in_segment
 from vidbatch.specs import ClipSpec, FrameSpec
 
@@ -45,12 +46,17 @@ def _unit(row: Mapping[str, Any]) -> WorkUnit:
 
 @dataclass
 class DecodeStage:
-    """Decode a segment once; sample every clip spec and the detector frames from that pass."""
+    """Decode a segment once; sample every clip spec and the detector frames from that pass.
+
+    With `timeout_s` > 0 the decode runs in a child process (`vidbatch.isolation`): a decoder
+    that crashes or hangs on one file fails that segment, not the worker.
+    """
 
     clip_specs: tuple[ClipSpec, ...]
     frame_spec: FrameSpec | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     mode: str = "seek"
+    timeout_s: float = 0.0
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         unit = _unit(row)
@@ -66,7 +72,10 @@ class DecodeStage:
             else []
         )
         try:
-            sampled = decode_samples(
+            sampled = run_isolated(
+                worker_sandbox(self.timeout_s),
+                "decode",
+                decode_samples,
                 unit.uri,
                 clips=starts,
                 frame_spec=self.frame_spec,
@@ -177,7 +186,9 @@ class InferenceStage:
         parts = [
             detections_table(
                 model,
-                model.detect(frames, min_score=config.min_score, max_detections=config.max_detections),
+                model.detect(
+                    frames, min_score=config.min_score, max_detections=config.max_detections
+                ),
                 uri=str(row["uri"]),
                 frame_times=np.asarray(row["frame_times"], np.float64),
                 video_id=str(row["video_id"]),
