@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import av
 import pytest
 
 from tests import media
@@ -80,3 +81,29 @@ def test_not_a_video_is_one_line_probe_error(tmp_path, make, needle):
         probe(str(path))
     assert err.value.stage == "probe"
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def gop2(tmp_path_factory):
+    """12 s at 25 fps with a keyframe every 2 s (50 frames)."""
+    return media.counter_video(tmp_path_factory.mktemp("v") / "gop2.mp4", seconds=12, fps=25, gop=50)
+
+
+@pytest.mark.parametrize("mode", ["all", "seek", "keyframes"])
+def test_decode_modes_at_one_frame_per_second(gop2, mode):
+    times = [float(t) for t in range(12)]  # up to 11 s: past the last keyframe (10 s)
+    out = decode_samples(str(gop2), frame_spec=FrameSpec(1, 160), frame_times=times, mode=mode)
+    shown = [media.read_counter(f) for f in out.frames]
+    if mode == "keyframes":
+        # Each sample is the latest keyframe at or before its time; only keyframes are decoded.
+        with av.open(str(gop2)) as container:
+            keys = [
+                round(float(p.pts * p.time_base) * 25)
+                for p in container.demux(video=0)
+                if p.is_keyframe and p.pts is not None
+            ]
+        assert shown == [max(k for k in keys if k <= t * 25) for t in times]
+        assert out.frames_decoded / out.frames_used <= 1.5
+    else:
+        assert shown == [25 * int(t) for t in times]
+        assert out.frames_decoded >= 25 * 11  # every frame up to 11 s (no gap beats the GOP)

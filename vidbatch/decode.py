@@ -226,8 +226,9 @@ def _frames_at(
     if previous is None:
         first = wanted[pending][0]
         raise StageError("decode", f"no decodable frames from {first:.2f}s: truncated or corrupt")
-    # Requests past the last frame are legitimate only within about one frame of the end.
-    slack = 0.5 + (2.0 / info.fps if info.fps else 0.0)
+    # Requests past the last frame are legitimate only within about one frame of the end (in
+    # keyframes mode, one keyframe interval: the last keyframe may be that far from the end).
+    slack = 0.5 + (2.0 / info.fps if info.fps else 0.0) + (gop if mode == "keyframes" else 0.0)
     if wanted[-1][0] > last_time + slack and wanted[-1][0] < info.duration_s - slack:
         raise StageError(
             "decode",
