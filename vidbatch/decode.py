@@ -193,17 +193,24 @@ def _frames_at(
     gop = 1.0  # seconds between keyframes, learned while decoding
     last_key = None
     pending, previous, last_time = 0, None, -math.inf
+    # A seek that lands at or before where decoding already was (the only keyframe before the
+    # target is behind us) would repeat forever: decode through until a newer keyframe instead.
+    stuck_at = -math.inf
     while pending < len(wanted):
-        target = wanted[pending][0]
+        target, seek_from = wanted[pending][0], last_time
         if target > 0 and time_base:
             container.seek(int((target + info.start_s) / time_base), stream=stream, backward=True)
-        previous, jumped = None, False
+        previous, jumped, landed = None, False, False
         try:
             for frame in container.decode(stream):
                 out.frames_decoded += 1
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * time_base) - info.start_s
+                if not landed:
+                    landed = True
+                    if t <= seek_from + _EPS:
+                        stuck_at = seek_from
                 if frame.key_frame:
                     if last_key is not None and t - last_key > 1e-3:
                         gop = t - last_key
@@ -214,7 +221,8 @@ def _frames_at(
                 previous, last_time = frame, t
                 if pending == len(wanted):
                     return
-                if mode != "all" and wanted[pending][0] - t > max(gop, 0.5) + _EPS:
+                may_jump = stuck_at == -math.inf or (last_key is not None and last_key > stuck_at)
+                if mode != "all" and may_jump and wanted[pending][0] - t > max(gop, 0.5) + _EPS:
                     jumped = True
                     break
         except av.FFmpegError as exc:
