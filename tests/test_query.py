@@ -221,7 +221,7 @@ def test_cli_prints_a_table_and_one_line_errors(index, capsys):
     assert err.startswith("vidbatch: error: SQL error: Parser Error") and err.count("\n") == 1
 
 
-def test_query_over_s3_with_storage_options(s3, s3_server):
+def test_query_over_s3_with_storage_options(s3, s3_server, tmp_path):
     fs, options = s3
     make_bucket(s3_server, "index-query")
     uri = write_index("s3://index-query/out", storage_options=options, **sample_rows())
@@ -231,6 +231,13 @@ def test_query_over_s3_with_storage_options(s3, s3_server):
         query("s3://index-query/elsewhere", "SELECT 1", options)
     write_table(table, "parquet", "s3://index-query/results/n.parquet", options)
     assert pq.read_table(fs.open("index-query/results/n.parquet", "rb")).equals(table)
+    # The CLI takes the same options as JSON.
+    from vidbatch.cli import main
+
+    sql = "SELECT count(*) AS n FROM clips"
+    args = ["query", uri, sql, "--storage-options", json.dumps(options), "--format", "csv"]
+    assert main([*args, "--out", str(tmp_path / "n.csv")]) == 0
+    assert (tmp_path / "n.csv").read_text().splitlines() == ['"n"', "19"]
 
 
 def _keys(parts: list[str], rows: list[dict]) -> list[tuple]:

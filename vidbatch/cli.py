@@ -80,7 +80,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_query(args: argparse.Namespace) -> int:
     from vidbatch.query import query, to_text, write_table
 
-    table = query(args.output, args.sql)
+    table = query(args.output, args.sql, args.storage_options)
     if args.format == "table":
         print(to_text(table))
     else:
@@ -98,6 +98,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vidbatch.report import add_report_parser
+    from vidbatch.search import add_search_parser, storage_options_arg
+
     parser = argparse.ArgumentParser(prog="vidbatch", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
@@ -136,15 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--out", help="file to write for csv/json/parquet")
+    p.add_argument(
+        "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
+    )
     p.set_defaults(func=_cmd_query)
 
     p = verbs.add_parser("demo", help="synthesize a small archive, index it, query it")
     p.add_argument("--dir", default="vidbatch-demo")
     p.add_argument("--videos", type=int, default=20)
     p.set_defaults(func=_cmd_demo)
-
-    from vidbatch.report import add_report_parser
-    from vidbatch.search import add_search_parser
 
     add_search_parser(verbs)
     add_report_parser(verbs)
