@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidbatch.models.common import Background, FrameEncoder
+from vidbatch.models.common import Background, FrameEncoder, Summary
 from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
@@ -25,11 +25,12 @@ class FramePoolCNN(nn.Module):
         dim: int = 128,
         keypoints: int = 16,
         background: Background = "frame-median",
+        summary: Summary = "saliency",
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.encoder = FrameEncoder(
-            width=width, dim=dim, keypoints=keypoints, background=background
+            width=width, dim=dim, keypoints=keypoints, background=background, summary=summary
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
 
@@ -51,6 +52,7 @@ def motion_cnn(
     dim: int = 128,
     keypoints: int = 16,
     background: Background = "frame-median",
+    summary: Summary = "saliency",
     dropout: float = 0.1,
 ) -> FramePoolCNN:
     """Per-frame 2D CNN + temporal mean pooling + linear head (order-blind baseline)."""
@@ -61,5 +63,6 @@ def motion_cnn(
         dim=dim,
         keypoints=keypoints,
         background=background,
+        summary=summary,
         dropout=dropout,
     )

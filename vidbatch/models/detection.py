@@ -37,6 +37,7 @@ from vidbatch.models.checkpoint import (
     read_state_dict,
     weights_version,
 )
+from vidbatch.models.common import to_device
 from vidbatch.models.loaded import RANDOM_WEIGHTS, register_loader
 from vidbatch.models.registry import (
     ModelSpec,
@@ -165,7 +166,7 @@ def frames_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> t
 
     Training goes through this too; the model's own transform does resizing and normalization.
     """
-    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device, non_blocking=True)
+    x = to_device(np.ascontiguousarray(frame), device)
     return x.permute(2, 0, 1).float().div_(255.0)
 
 

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vidbatch.models.common import Background, FrameEncoder
-from vidbatch.models.registry import register_model
+from vidbatch.models.common import Background, FrameEncoder, Summary
+from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
 
@@ -24,6 +24,8 @@ class FrameRNN(nn.Module):
         dim: int = 128,
         keypoints: int = 16,
         background: Background = "frame-median",
+        summary: Summary = "foreground",
+        motion: bool = True,
         cell: Literal["gru", "lstm"] = "gru",
         hidden: int = 128,
         layers: int = 1,
@@ -36,7 +38,12 @@ class FrameRNN(nn.Module):
         if pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
         self.encoder = FrameEncoder(
-            width=width, dim=dim, keypoints=keypoints, background=background
+            width=width,
+            dim=dim,
+            keypoints=keypoints,
+            background=background,
+            summary=summary,
+            motion=motion,
         )
         rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(
@@ -55,7 +62,7 @@ class FrameRNN(nn.Module):
     "motion-rnn",
     family="rnn",
     task="classify",
-    default_weights=None,  # no shipped checkpoint yet: see docs/models.md
+    default_weights=asset_path("motion-rnn.safetensors"),
 )
 def motion_rnn(
     *,
@@ -65,6 +72,8 @@ def motion_rnn(
     dim: int = 128,
     keypoints: int = 16,
     background: Background = "frame-median",
+    summary: Summary = "foreground",
+    motion: bool = True,
     cell: Literal["gru", "lstm"] = "gru",
     hidden: int = 128,
     layers: int = 1,
@@ -79,6 +88,8 @@ def motion_rnn(
         dim=dim,
         keypoints=keypoints,
         background=background,
+        summary=summary,
+        motion=motion,
         cell=cell,
         hidden=hidden,
         layers=layers,

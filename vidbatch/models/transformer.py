@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vidbatch.models.common import Background, FrameEncoder
+from vidbatch.models.common import Background, FrameEncoder, Summary
 from vidbatch.models.registry import register_model
 from vidbatch.specs import ClipSpec
 
@@ -36,6 +36,8 @@ class FrameTransformer(nn.Module):
         dim: int = 128,
         keypoints: int = 16,
         background: Background = "frame-median",
+        summary: Summary = "foreground",
+        motion: bool = True,
         depth: int = 2,
         heads: int = 4,
         mlp_ratio: float = 1.5,
@@ -49,7 +51,12 @@ class FrameTransformer(nn.Module):
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.encoder = FrameEncoder(
-            width=width, dim=dim, keypoints=keypoints, background=background
+            width=width,
+            dim=dim,
+            keypoints=keypoints,
+            background=background,
+            summary=summary,
+            motion=motion,
         )
         self.pool = pool
         self.frames = frames
@@ -99,6 +106,8 @@ def motion_transformer(
     dim: int = 128,
     keypoints: int = 16,
     background: Background = "frame-median",
+    summary: Summary = "foreground",
+    motion: bool = True,
     depth: int = 2,
     heads: int = 4,
     mlp_ratio: float = 1.5,
@@ -114,6 +123,8 @@ def motion_transformer(
         dim=dim,
         keypoints=keypoints,
         background=background,
+        summary=summary,
+        motion=motion,
         depth=depth,
         heads=heads,
         mlp_ratio=mlp_ratio,
