@@ -53,7 +53,9 @@ def open_video(
             if not container.streams.video:
                 kinds = sorted({s.type for s in container.streams}) or ["none"]
                 raise StageError(stage, f"no video stream (streams: {', '.join(kinds)})")
-            stream = container.streams.video[0]
+            stream = _main_video_stream(container)
+            if stream.codec_context is None:  # else an AttributeError further on
+                raise StageError(stage, "video stream has no decodable codec (unknown or cut off)")
             stream.thread_type = "AUTO"
             yield container, stream
         finally:
@@ -63,13 +65,29 @@ def open_video(
             handle.close()
 
 
+def _main_video_stream(container: Any) -> Any:
+    """The video FFmpeg itself would pick (default-flagged, then real motion over a one-frame
+    still, then bitrate), never cover art. streams.video[0] took a preview stream or a still
+    when it came first, and mixed its frames with the container's duration."""
+    streams = [
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+    ] or list(container.streams.video)
+    best = container.streams.best("video")
+    return best if best in streams else streams[0]
+
+
 def probe(uri: str, storage_options: Mapping[str, Any] | None = None) -> VideoInfo:
-    """Read duration, rate, size and codec from the container header."""
+    """Read duration, rate, size and codec from the container header (end checked on packets)."""
     with open_video(uri, storage_options, stage="probe") as (container, stream):
-        return _info(container, stream)
+        return _info(container, stream, measure=True)
 
 
-def _info(container: Any, stream: Any) -> VideoInfo:
+def _info(container: Any, stream: Any, *, measure: bool = False) -> VideoInfo:
+    """`measure` checks the header's end against the last packets; without it, only headers
+    without a per-stream duration (Matroska, WebM, FLV ...) are checked."""
+    if container.format.name.endswith("_pipe") or container.format.name == "image2":
+        # FFmpeg opens a lone JPEG/PNG (whatever its extension) as a one-frame stream.
+        raise StageError("probe", f"a still image ({container.format.name}), not a video")
     tb = stream.time_base
     start_s = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
     if stream.duration and tb:
@@ -85,6 +103,8 @@ def _info(container: Any, stream: Any) -> VideoInfo:
     ctx = stream.codec_context
     if duration <= 0 and stream.frames and fps:
         duration = stream.frames / fps
+    if tb and (measure or not stream.duration):
+        duration = _checked_duration(container, stream, start_s, duration, fps)
     if duration <= 0:
         raise StageError("probe", "video stream has no duration (no frames or broken index)")
     if not ctx.width or not ctx.height:
@@ -101,6 +121,65 @@ def _info(container: Any, stream: Any) -> VideoInfo:
 
 def _container_start(container: Any) -> float:
     return container.start_time / av.time_base if container.start_time else 0.0
+
+
+def _checked_duration(
+    container: Any, stream: Any, start_s: float, header: float, fps: float
+) -> float:
+    """The video's duration from where its packets end, when the header is not to be trusted.
+
+    Headers disagree on what "duration" means: Matroska/WebM and FLV store the end time (so a
+    stream starting at 5 s looked 5 s longer, and the tail was padded with the last frame), the
+    MP4 muxer counts B-frame VFR tracks short (the tail was never indexed), and live WebM has
+    none. The packets after the last keyframe settle it. A file whose packets (of every stream)
+    end well before the header says is truncated: the header is kept so decoding reports it.
+    """
+    tol = 0.02 + (1.5 / fps if fps else 0.0)
+    header_end = start_s + header if header > 0 else None
+    video_end, any_end = _packet_ends(container, stream, header_end, fps)
+    if video_end is None:
+        return header
+    measured = video_end - start_s
+    absolute_end = container.duration / av.time_base if container.duration else None
+    if (
+        header_end is None
+        or video_end >= header_end - tol  # agrees, or the header counts short
+        or (any_end is not None and any_end >= header_end - tol)  # audio runs on past the video
+        or (absolute_end is not None and abs(video_end - absolute_end) <= tol)  # end-time header
+    ):
+        return measured
+    return header
+
+
+def _packet_ends(
+    container: Any, stream: Any, hint_end: float | None, fps: float
+) -> tuple[float | None, float | None]:
+    """(end of the video packets, end of any stream's packets) in seconds, from the last video
+    keyframe before `hint_end` to EOF: demuxing only, no decoding. The position is rewound."""
+    tb = stream.time_base
+    video_end = any_end = None
+    target = hint_end if hint_end is not None else 1e7  # past any end: the last keyframe
+    try:
+        container.seek(int(target / tb), stream=stream, backward=True)
+        for packet in container.demux():
+            if packet.pts is None or packet.stream.time_base is None:
+                continue
+            span = packet.duration or 0
+            if packet.stream.index == stream.index and fps:
+                # With B-frames a packet's duration is its dts step, not how long it is shown.
+                span = min(span, 1 / (fps * tb)) if span else 1 / (fps * tb)
+            end = float((packet.pts + span) * packet.stream.time_base)
+            if packet.stream.index == stream.index:
+                video_end = end if video_end is None else max(video_end, end)
+            any_end = end if any_end is None else max(any_end, end)
+    except (av.FFmpegError, OSError, EOFError):
+        return None, None  # an unreadable tail: the header stands, decoding will judge
+    finally:
+        try:
+            container.seek(stream.start_time or 0, stream=stream, backward=True)
+        except (av.FFmpegError, OSError, EOFError):
+            pass
+    return video_end, any_end
 
 
 @dataclass
@@ -234,13 +313,20 @@ def _frames_at(
     if previous is None:
         first = wanted[pending][0]
         raise StageError("decode", f"no decodable frames from {first:.2f}s: truncated or corrupt")
-    # Requests past the last frame are legitimate only within about one frame of the end (in
-    # keyframes mode, one keyframe interval: the last keyframe may be that far from the end).
-    slack = 0.5 + (2.0 / info.fps if info.fps else 0.0) + (gop if mode == "keyframes" else 0.0)
-    if wanted[-1][0] > last_time + slack and wanted[-1][0] < info.duration_s - slack:
+    # The last frame is shown until its own end (in keyframes mode, until the next keyframe's
+    # would be). A request after that but inside the container's duration means frames are
+    # missing. Checking only the last request (always near the end) let a truncated file pass
+    # with every later sample padded by its last frame. Requests past the duration are a short
+    # video's clip padding.
+    shown = float(previous.duration * time_base) if previous.duration and time_base else 0.0
+    if info.fps:  # with B-frames a frame's duration is its dts step, not how long it is shown
+        shown = min(shown, 1.0 / info.fps) if shown else 1.0 / info.fps
+    frame_end = last_time + shown + (gop if mode == "keyframes" else 0.0)
+    tol = 0.01  # timestamps in milliseconds round
+    if any(frame_end + tol < t < info.duration_s - tol for t, _, _ in wanted[pending:]):
         raise StageError(
             "decode",
-            f"stream ends at {last_time:.2f}s but the container says {info.duration_s:.2f}s: "
+            f"stream ends at {frame_end:.2f}s but the container says {info.duration_s:.2f}s: "
             "truncated or corrupt",
         )
     for request in wanted[pending:]:
