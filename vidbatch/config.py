@@ -18,7 +18,7 @@ from vidbatch.specs import ClipSpec, FrameSpec
 @dataclass(frozen=True)
 class Location:
     uri: str
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelConfig:
     top_k: int = 5
     min_score: float = 0.3
     max_detections: int = 100
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class DecodeStage:
 
     clip_specs: tuple[ClipSpec, ...]
     frame_spec: FrameSpec | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     mode: str = "seek"
     timeout_s: float = 0.0
 
