@@ -104,6 +104,8 @@ def test_decode_modes_at_one_frame_per_second(gop2, mode):
             ]
         assert shown == [max(k for k in keys if k <= t * 25) for t in times]
         assert out.frames_decoded / out.frames_used <= 1.5
+        # When each sample is shown: the keyframe's own time, not the requested one.
+        assert [round(t * 25) for t in out.frame_times] == shown
     else:
         assert shown == [25 * int(t) for t in times]
         assert out.frames_decoded >= 25 * 11  # every frame up to 11 s (no gap beats the GOP)
@@ -144,3 +146,16 @@ def test_irregular_keyframes_end_and_give_the_right_frames(tmp_path, mode):
         expected = [max(k for k in (0, 5, 100) if k <= 10 * t) for t in times]
     assert all(abs(a - b) <= 2 for a, b in zip(shown, expected, strict=True)), shown
     assert out.frames_decoded <= 200 + 10
+
+
+def test_keyframes_stage_reports_each_keyframe_once_at_its_own_time(gop2):
+    from dataclasses import asdict
+
+    from vidbatch.stages import DecodeStage, WorkUnit, _get_array
+
+    unit = WorkUnit("v", str(gop2), 0, 1, 0.0, 12.0, 12.0)
+    row = DecodeStage((), FrameSpec(1, 160), mode="keyframes")(asdict(unit))
+    times = list(row["frame_times"])
+    frames = _get_array(row, "frames")
+    assert len(frames) == len(times) == len(set(times)) < 12
+    assert [media.read_counter(f) for f in frames] == [round(t * 25) for t in times]

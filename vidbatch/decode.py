@@ -188,6 +188,7 @@ class SampledFrames:
 
     clips: dict[ClipSpec, np.ndarray] = field(default_factory=dict)  # (N, T, S, S, 3) uint8
     frames: np.ndarray | None = None  # (M, H, W, 3) uint8, detector input
+    frame_times: np.ndarray | None = None  # (M,) when each of `frames` is shown, from the start
     frames_decoded: int = 0
     frames_used: int = 0
 
@@ -228,6 +229,7 @@ def decode_samples(
     if frame_spec is not None:
         counts[frame_spec] = len(frame_times)
     buffers: dict[Any, np.ndarray] = {}
+    shown_at = np.zeros(len(frame_times))
     with open_video(uri, storage_options) as (container, stream):
         info = _info(container, stream)
         converted: dict[tuple[int, Any], np.ndarray] = {}
@@ -244,11 +246,13 @@ def decode_samples(
             if key not in buffers:
                 buffers[key] = np.empty((counts[key], *converted[cache_key].shape), np.uint8)
             buffers[key][index] = converted[cache_key]
+            if key is frame_spec:
+                shown_at[index] = max(0.0, float(frame.pts * stream.time_base) - info.start_s)
 
     for spec, starts in clips.items():
         out.clips[spec] = buffers[spec].reshape(len(starts), spec.frames, spec.size, spec.size, 3)
     if frame_spec is not None:
-        out.frames = buffers[frame_spec]
+        out.frames, out.frame_times = buffers[frame_spec], shown_at
     return out
 
 

@@ -96,9 +96,14 @@ class DecodeStage:
             array = sampled.clips.get(spec) if sampled else None
             _put_array(out, f"clips_{i}", array, (spec.frames, spec.size, spec.size, 3))
             out[f"clip_starts_{i}"] = np.asarray(starts[spec] if sampled else [], np.float64)
-        frames = sampled.frames if sampled else None
+        frames, times = (sampled.frames, times) if sampled else (None, [])
+        if sampled and self.mode == "keyframes" and sampled.frame_times is not None:
+            # Each sample is the latest keyframe: report when that frame is shown, once.
+            shown = sampled.frame_times
+            first = np.r_[True, np.diff(shown) > 1e-6] if len(shown) else np.ones(0, bool)
+            frames, times = frames[first], shown[first]
         _put_array(out, "frames", frames, (1, 1, 3))
-        out["frame_times"] = np.asarray(times if sampled else [], np.float64)
+        out["frame_times"] = np.asarray(times, np.float64)
         return out
 
 
