@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vidbatch.errors import ConfigError, describe
-from vidbatch.storage import filesystem
+from vidbatch.storage import StorageError, filesystem, retrying
 
 VIDEO_EXTENSIONS = frozenset(
     "mp4 m4v mov mkv webm avi mpg mpeg ts mts m2ts flv wmv 3gp ogv y4m".split()
@@ -51,21 +51,33 @@ def list_videos(
         fs, path = filesystem(uri, storage_options)
         if uri.lower().endswith(MANIFEST_EXTENSIONS):
             refs = _from_manifest(fs, path, uri, storage_options)
-        elif any(ch in path for ch in "*?["):
-            refs = [_ref(fs, p, info) for p, info in fs.glob(path, detail=True).items()]
-        elif fs.isdir(path):
-            found = fs.find(path, detail=True)
-            refs = [_ref(fs, p, info) for p, info in found.items() if _is_video_name(p)]
-        elif fs.isfile(path):
-            refs = [_ref(fs, path, fs.info(path))]
-        else:
-            raise ConfigError(f"source.uri: no such file, folder or prefix: {uri}")
+        else:  # a transient storage error retries the listing; a missing source does not
+            refs = retrying(
+                lambda: _list(fs, path, uri), uri, action="list", storage_options=storage_options
+            )
     except ConfigError:
         raise
+    except StorageError as exc:
+        raise ConfigError(f"source.uri: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"source.uri: cannot list {uri} ({describe(exc)})") from exc
     refs.sort(key=lambda r: r.uri)
     return refs[:limit] if limit is not None else refs
+
+
+def _list(fs: Any, path: str, uri: str) -> list[VideoRef]:
+    if any(ch in path for ch in "*?["):
+        return [_ref(fs, p, info) for p, info in fs.glob(path, detail=True).items()]
+    if fs.isdir(path):
+        found = fs.find(path, detail=True)
+        return [_ref(fs, p, info) for p, info in found.items() if _is_video_name(p)]
+    try:  # not fs.isfile: it answers False for any error, an outage included
+        info = fs.info(path)
+    except FileNotFoundError:
+        info = {}
+    if info.get("type") != "file":
+        raise ConfigError(f"source.uri: no such file, folder or prefix: {uri}")
+    return [_ref(fs, path, info)]
 
 
 def _is_video_name(path: str) -> bool:
@@ -93,8 +105,7 @@ def _full_uri(fs: Any, path: str) -> str:
 
 
 def _from_manifest(fs: Any, path: str, uri: str, storage_options: Any) -> list[VideoRef]:
-    with fs.open(path, "rb") as handle:
-        data = handle.read()
+    data = retrying(lambda: fs.cat_file(path), uri, action="read", storage_options=storage_options)
     table = (
         pq.read_table(io.BytesIO(data))
         if path.endswith(".parquet")
@@ -107,7 +118,12 @@ def _from_manifest(fs: Any, path: str, uri: str, storage_options: Any) -> list[V
     def stat(video_uri: str) -> VideoRef:
         try:
             vfs, vpath = filesystem(video_uri, storage_options)
-            return _ref(vfs, vpath, vfs.info(vpath))
+            info = retrying(
+                lambda: vfs.info(vpath), video_uri, action="stat", storage_options=storage_options
+            )
+            return _ref(vfs, vpath, info)
+        except StorageError as exc:
+            return VideoRef(uri=video_uri, size_bytes=0, error=f"catalog: {exc}")
         except (OSError, ValueError) as exc:
             return VideoRef(uri=video_uri, size_bytes=0, error=f"catalog: {describe(exc)}")
 

@@ -1,5 +1,9 @@
 """Committing output: files are staged under `_staging/` and moved into the Hive-partitioned
-tables only when a run has produced them whole, so readers never see half-written files."""
+tables only when a run has produced them whole, so readers never see half-written files.
+
+Every storage step (stage, move into place, clean up) is idempotent and retried on transient
+errors (`storage.retrying`); when storage stays down, the commit raises StorageError naming the
+URI, leaving at most data files without their `videos` twin, which the next run removes."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vidbatch import tables
-from vidbatch.storage import filesystem, join
+from vidbatch.storage import filesystem, join, needs_folders, retrying, uri_of
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -37,7 +41,9 @@ class TableSink:
 
     def __init__(self, output_uri: str, storage_options: Mapping[str, Any] | None, run_id: str):
         self.output_uri = output_uri.rstrip("/")
+        self.storage_options = storage_options
         self.fs, self.root = filesystem(self.output_uri, storage_options)
+        self.folders = needs_folders(self.fs)
         self.run_id = run_id
         self.staging = join(self.root, "_staging", file_name(run_id))
         self.staged: list[str] = []  # relative paths
@@ -52,9 +58,13 @@ class TableSink:
         relative = "/".join([name, *folders, f"{file_name(part)}.parquet"])
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        target = join(self.staging, relative)
-        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(target, buffer.getvalue())
+        target, data = join(self.staging, relative), buffer.getvalue()
+
+        def write() -> None:
+            self._folder_of(target)
+            self.fs.pipe_file(target, data)
+
+        self._retry(write, target, "stage")
         self.staged.append(relative)
 
     def stage_by(
@@ -69,14 +79,37 @@ class TableSink:
         """Move every staged file into the tables; same-named files are replaced, never doubled."""
         committed = []
         for relative in self.staged:
-            target = join(self.root, relative)
-            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            self.fs.mv(join(self.staging, relative), target)
+            self._move(join(self.staging, relative), join(self.root, relative))
             committed.append(relative)
+        self._retry(self._remove_staging, self.staging, "remove staging")
+        self.staged = []
+        return committed
+
+    def _move(self, source: str, target: str) -> None:
+        """Into place: a rename where folders are real, else copy then delete (each retried:
+        a copy repeated while the source exists, or a delete of a gone key, changes nothing)."""
+        if self.folders:
+
+            def rename() -> None:
+                self._folder_of(target)
+                self.fs.mv(source, target)
+
+            self._retry(rename, target, "commit")
+            return
+        self._retry(lambda: self.fs.cp_file(source, target), target, "commit")
+        self._retry(lambda: self.fs.rm_file(source), source, "remove staged copy")
+
+    def _remove_staging(self) -> None:
         if self.fs.exists(self.staging):
             self.fs.rm(self.staging, recursive=True)
         parent = self.staging.rsplit("/", 1)[0]
         if self.fs.exists(parent) and not self.fs.ls(parent):
             self.fs.rmdir(parent)
-        self.staged = []
-        return committed
+
+    def _folder_of(self, path: str) -> None:
+        if self.folders:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+
+    def _retry(self, step, path: str, action: str):
+        uri = uri_of(self.fs, path)
+        return retrying(step, uri, action=action, storage_options=self.storage_options)
