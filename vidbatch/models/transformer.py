@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vidbatch.models.common import Background, FrameEncoder, Summary
-from vidbatch.models.registry import register_model
+from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
 
@@ -96,7 +96,7 @@ class FrameTransformer(nn.Module):
     "motion-transformer",
     family="transformer",
     task="classify",
-    default_weights=None,  # no shipped checkpoint yet: see docs/models.md
+    default_weights=asset_path("motion-transformer.safetensors"),
 )
 def motion_transformer(
     *,
