@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from vidbatch.errors import ConfigError
+from vidbatch.storage import StorageError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -158,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except StorageError as exc:  # storage stayed down through every retry: nothing half-visible
+        print(f"vidbatch: error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"vidbatch: error: {exc}", file=sys.stderr)
         return 2

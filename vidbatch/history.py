@@ -3,8 +3,9 @@ orphaned files of a killed commit, and the `_runs/` records."""
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +13,28 @@ import pyarrow.compute as pc
 
 from vidbatch.catalog import VideoRef
 from vidbatch.query import table_dataset
-from vidbatch.storage import filesystem, join
+from vidbatch.storage import filesystem, join, retrying
 
 # Why a listed video is (or is not) processed tonight.
 NEW, CHANGED, RETRY, UPGRADE, SKIP = "new", "changed", "retry", "upgrade", "skipped"
+
+
+def _retried(action: str) -> Callable:
+    """Retry the whole step on transient storage errors: each of these is safe to redo."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(output_uri: str, storage_options: Mapping[str, Any] | None = None, *args: Any):
+            return retrying(
+                lambda: fn(output_uri, storage_options, *args),
+                output_uri,
+                action=action,
+                storage_options=storage_options,
+            )
+
+        return run
+
+    return wrap
 
 
 @dataclass
@@ -37,6 +56,7 @@ class IndexState:
         return CHANGED if ref.uri in self.seen_uris else NEW
 
 
+@_retried("read the videos table")
 def read_index_state(output_uri: str, storage_options: Mapping[str, Any] | None) -> IndexState:
     state = IndexState()
     videos = table_dataset(output_uri, "videos", storage_options)
@@ -57,6 +77,7 @@ def read_index_state(output_uri: str, storage_options: Mapping[str, Any] | None)
     return state
 
 
+@_retried("remove orphaned files")
 def remove_orphans(output_uri: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     """Undo a commit a killed driver left half done, and drop stale staging areas.
 
@@ -78,6 +99,7 @@ def remove_orphans(output_uri: str, storage_options: Mapping[str, Any] | None) -
     return removed
 
 
+@_retried("list committed files")
 def committed_files(
     output_uri: str, storage_options: Mapping[str, Any] | None
 ) -> dict[str, list[str]]:
@@ -98,6 +120,7 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+@_retried("write the run record")
 def write_run_record(
     output_uri: str, storage_options: Mapping[str, Any] | None, record: dict
 ) -> None:
@@ -108,6 +131,7 @@ def write_run_record(
     fs.pipe_file(path, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
 
 
+@_retried("read run records")
 def read_run_records(
     output_uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> list[dict]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from vidbatch.planning import plan_segments
 from vidbatch.sink import TableSink
 from vidbatch.specs import ClipSpec, FrameSpec
 from vidbatch.stages import DecodeStage, InferenceStage, WorkUnit
-from vidbatch.storage import redact
+from vidbatch.storage import redact, retrying, scrub, uri_of
 
 Log = Callable[[str], None]
 
@@ -341,7 +342,12 @@ class ChunkWriter:
         ]
         sink.commit()
         for path in stale:  # the same work committed under an earlier date partition
-            sink.fs.rm(path)
+            retrying(
+                lambda path=path: sink.fs.rm(path),
+                uri_of(sink.fs, path),
+                action="remove stale copy",
+                storage_options=self.config.output.storage_options,
+            )
 
 
 def run_job(config: JobConfig, *, limit: int | None = None, log: Log = _stderr) -> RunSummary:
@@ -364,30 +370,13 @@ def run_job(config: JobConfig, *, limit: int | None = None, log: Log = _stderr) 
         "planned": dict(plan.reasons()),
     }
     write_run_record(config.output.uri, config.output.storage_options, record)
-
-    writer = ChunkWriter(config, plan)
-    by_id = {s.ref.video_id: s for s in plan.videos}
-    total = sum(1 for s in plan.videos if s.reason != SKIP)
-    done, last_report = sum(1 for s in plan.videos if s.reason != SKIP and s.done), 0.0
-    writer.commit_ready()
-    if plan.units:
-        for row in _segment_results(config, plan, log):
-            state = by_id[row["video_id"]]
-            state.segments_done += 1
-            state.frames_decoded += row["frames_decoded"]
-            state.frames_used += row["frames_used"]
-            if row["error"] and not state.error:
-                state.error = row["error"]
-            writer.add(state, "clips", tables.from_ipc(row["clips"]))
-            writer.add(state, "detections", tables.from_ipc(row["detections"]))
-            if state.segments_done == state.segments:
-                done += 1
-                writer.commit_ready()
-            if time.monotonic() - last_report > 5 or done == total:
-                log(f"progress: {done}/{total} videos done")
-                last_report = time.monotonic()
-    summary.stage_s["decode+infer"] = time.monotonic() - started - summary.stage_s["plan"]
-    writer.commit_ready(force=True)
+    try:
+        writer = _index(config, plan, summary, started, log)
+    except BaseException as exc:  # storage down, Ray gone, Ctrl-C: the record says so
+        record.update(status="failed", error=scrub(describe(exc), config.output.storage_options))
+        with contextlib.suppress(Exception):
+            write_run_record(config.output.uri, config.output.storage_options, record)
+        raise
     summary.stage_s["total"] = time.monotonic() - started
 
     for state in plan.videos:
@@ -426,6 +415,36 @@ def run_job(config: JobConfig, *, limit: int | None = None, log: Log = _stderr) 
     )
     write_run_record(config.output.uri, config.output.storage_options, record)
     return summary
+
+
+def _index(
+    config: JobConfig, plan: Plan, summary: RunSummary, started: float, log: Log
+) -> ChunkWriter:
+    """Decode and infer every planned segment, committing each chunk as soon as it is done."""
+    writer = ChunkWriter(config, plan)
+    by_id = {s.ref.video_id: s for s in plan.videos}
+    total = sum(1 for s in plan.videos if s.reason != SKIP)
+    done, last_report = sum(1 for s in plan.videos if s.reason != SKIP and s.done), 0.0
+    writer.commit_ready()
+    if plan.units:
+        for row in _segment_results(config, plan, log):
+            state = by_id[row["video_id"]]
+            state.segments_done += 1
+            state.frames_decoded += row["frames_decoded"]
+            state.frames_used += row["frames_used"]
+            if row["error"] and not state.error:
+                state.error = row["error"]
+            writer.add(state, "clips", tables.from_ipc(row["clips"]))
+            writer.add(state, "detections", tables.from_ipc(row["detections"]))
+            if state.segments_done == state.segments:
+                done += 1
+                writer.commit_ready()
+            if time.monotonic() - last_report > 5 or done == total:
+                log(f"progress: {done}/{total} videos done")
+                last_report = time.monotonic()
+    summary.stage_s["decode+infer"] = time.monotonic() - started - summary.stage_s["plan"]
+    writer.commit_ready(force=True)
+    return writer
 
 
 def _cluster_cpus() -> float:
