@@ -8,6 +8,8 @@ mount or a decoder stuck in a loop would.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict
 
@@ -57,6 +59,22 @@ def test_hang_is_cut_at_the_deadline(sandbox):
     assert info.value.kind == "timeout"
     assert time.monotonic() - began < 20
     assert sandbox.call(abs, -2) == 2
+
+
+def test_a_driver_script_without_main_guard_is_not_run_again(tmp_path):
+    """The child is a fresh interpreter, not multiprocessing's spawn, which would re-run the
+    script that started it (a user's `python my_job.py` would start a second job)."""
+    script, log = tmp_path / "job.py", tmp_path / "runs.txt"
+    script.write_text(
+        "from vidbatch.isolation import Sandbox\n"
+        f"open({str(log)!r}, 'a').write('ran\\n')\n"
+        "box = Sandbox(30)\n"
+        "assert box.call(abs, -3) == 3\n"
+        "box.close()\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120, cwd=repo)
+    assert log.read_text() == "ran\n"
 
 
 def test_twice_failing_call_becomes_a_stage_error(sandbox):
