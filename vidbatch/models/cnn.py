@@ -17,22 +17,10 @@ from vidbatch.specs import ClipSpec
 class FramePoolCNN(nn.Module):
     """(B, T, 3, H, W) -> logits (B, num_classes): encode frames, average over time, classify."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        *,
-        width: int = 32,
-        dim: int = 128,
-        keypoints: int = 16,
-        background: Background = "frame-median",
-        summary: Summary = "saliency",
-        dropout: float = 0.1,
-    ) -> None:
+    def __init__(self, encoder: FrameEncoder, num_classes: int, *, dropout: float = 0.1) -> None:
         super().__init__()
-        self.encoder = FrameEncoder(
-            width=width, dim=dim, keypoints=keypoints, background=background, summary=summary
-        )
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.dim, num_classes))
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(clips).mean(dim=1))
@@ -57,12 +45,7 @@ def motion_cnn(
 ) -> FramePoolCNN:
     """Per-frame 2D CNN + temporal mean pooling + linear head (order-blind baseline)."""
     del clip  # any clip length works: pooling is over time
-    return FramePoolCNN(
-        num_classes,
-        width=width,
-        dim=dim,
-        keypoints=keypoints,
-        background=background,
-        summary=summary,
-        dropout=dropout,
+    encoder = FrameEncoder(
+        width=width, dim=dim, keypoints=keypoints, background=background, summary=summary
     )
+    return FramePoolCNN(encoder, num_classes, dropout=dropout)

@@ -18,14 +18,9 @@ class FrameRNN(nn.Module):
 
     def __init__(
         self,
+        encoder: FrameEncoder,
         num_classes: int,
         *,
-        width: int = 32,
-        dim: int = 128,
-        keypoints: int = 16,
-        background: Background = "frame-median",
-        summary: Summary = "foreground",
-        motion: bool = True,
         cell: Literal["gru", "lstm"] = "gru",
         hidden: int = 128,
         layers: int = 1,
@@ -37,17 +32,14 @@ class FrameRNN(nn.Module):
             raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
         if pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
-        self.encoder = FrameEncoder(
-            width=width,
-            dim=dim,
-            keypoints=keypoints,
-            background=background,
-            summary=summary,
-            motion=motion,
-        )
+        self.encoder = encoder
         rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(
-            dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+            encoder.dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
         )
         self.pool = pool
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
@@ -82,17 +74,14 @@ def motion_rnn(
 ) -> FrameRNN:
     """Per-frame 2D CNN encoder -> GRU/LSTM over time -> linear head."""
     del clip  # recurrent: any clip length works
-    return FrameRNN(
-        num_classes,
+    encoder = FrameEncoder(
         width=width,
         dim=dim,
         keypoints=keypoints,
         background=background,
         summary=summary,
         motion=motion,
-        cell=cell,
-        hidden=hidden,
-        layers=layers,
-        pool=pool,
-        dropout=dropout,
+    )
+    return FrameRNN(
+        encoder, num_classes, cell=cell, hidden=hidden, layers=layers, pool=pool, dropout=dropout
     )

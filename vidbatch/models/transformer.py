@@ -29,15 +29,10 @@ class FrameTransformer(nn.Module):
 
     def __init__(
         self,
+        encoder: FrameEncoder,
         num_classes: int,
         *,
         frames: int,
-        width: int = 32,
-        dim: int = 128,
-        keypoints: int = 16,
-        background: Background = "frame-median",
-        summary: Summary = "foreground",
-        motion: bool = True,
         depth: int = 2,
         heads: int = 4,
         mlp_ratio: float = 1.5,
@@ -50,14 +45,8 @@ class FrameTransformer(nn.Module):
             raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {positional!r}")
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        self.encoder = FrameEncoder(
-            width=width,
-            dim=dim,
-            keypoints=keypoints,
-            background=background,
-            summary=summary,
-            motion=motion,
-        )
+        self.encoder = encoder
+        dim = encoder.dim
         self.pool = pool
         self.frames = frames
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
@@ -116,15 +105,18 @@ def motion_transformer(
     dropout: float = 0.1,
 ) -> FrameTransformer:
     """Per-frame CNN embeddings + positional encoding + temporal self-attention -> head."""
-    return FrameTransformer(
-        num_classes,
-        frames=clip.frames,
+    encoder = FrameEncoder(
         width=width,
         dim=dim,
         keypoints=keypoints,
         background=background,
         summary=summary,
         motion=motion,
+    )
+    return FrameTransformer(
+        encoder,
+        num_classes,
+        frames=clip.frames,
         depth=depth,
         heads=heads,
         mlp_ratio=mlp_ratio,
