@@ -29,6 +29,15 @@ def test_glob_and_limit(folder):
     assert len(list_videos(str(folder), limit=1)) == 1
 
 
+def test_a_folder_named_like_a_pattern_is_a_folder(tmp_path):
+    folder = tmp_path / "shoots [2024] take?"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"x" * 10)
+    (tmp_path / "shoots 2 take1").mkdir()  # what the pattern would match instead
+    (tmp_path / "shoots 2 take1" / "b.mp4").write_bytes(b"x" * 10)
+    assert [r.uri for r in list_videos(str(folder))] == [str(folder / "a.mp4")]
+
+
 def test_manifest_names_missing_files_as_errors(folder, tmp_path):
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"uri": [str(folder / "a.mp4"), str(folder / "gone.mp4")]}), manifest)

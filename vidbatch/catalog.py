@@ -66,7 +66,8 @@ def list_videos(
 
 
 def _list(fs: Any, path: str, uri: str) -> list[VideoRef]:
-    if any(ch in path for ch in "*?["):
+    # A pattern, unless a folder or file has that very name (e.g. "shoots [2024]").
+    if any(ch in path for ch in "*?[") and not fs.exists(path):
         return [_ref(fs, p, info) for p, info in fs.glob(path, detail=True).items()]
     if fs.isdir(path):
         found = fs.find(path, detail=True)
