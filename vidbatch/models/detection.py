@@ -38,7 +38,7 @@ from vidbatch.models.checkpoint import (
     weights_version,
 )
 from vidbatch.models.common import to_device
-from vidbatch.models.loaded import RANDOM_WEIGHTS, register_loader
+from vidbatch.models.loaded import RANDOM_WEIGHTS, LoadedModel, register_loader
 from vidbatch.models.registry import (
     ModelSpec,
     asset_path,
@@ -60,35 +60,19 @@ COCO_CATEGORIES: tuple[str, ...] = tuple(
 _LABELS: dict[str, tuple[str, ...]] = {}
 
 
-class Detector:
+class Detector(LoadedModel):
     """An object detector: uint8 RGB frames in, normalized boxes, scores and labels out.
 
     `frame` is the input size the model was trained at (longer side), or None when the model
     resizes any frame itself and the job's frame size is as good as any.
     """
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        family: str,
-        module: nn.Module,
-        version: str,
-        labels: Sequence[str],
-        frame: FrameSpec | None,
-        device: torch.device | str,
-        batch_size: int | None = None,
-        meta: CheckpointMeta | None = None,
-    ) -> None:
-        self.name = name
-        self.family = family
-        self.task = "detect"
-        self.version = version
-        self.labels = list(labels)
+    task = "detect"
+    batch_sizes = (16, 4)
+
+    def __init__(self, *, module: nn.Module, frame: FrameSpec | None, **identity: Any) -> None:
+        super().__init__(**identity)
         self.frame = frame
-        self.device = torch.device(device)
-        self.meta = meta
-        self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
         self.module = module.to(self.device).eval()
 
     def __repr__(self) -> str:

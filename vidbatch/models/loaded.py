@@ -48,39 +48,57 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Classifier:
-    """A clip classifier: uint8 RGB clips in, class probabilities out.
+class LoadedModel:
+    """What every loaded model carries: its name and family, the weights' version, labels,
+    device and batch size (`batch_sizes`: the default on CUDA and on CPU)."""
 
-    Normalization, clip spec and labels come from the checkpoint, so inference preprocesses
-    exactly as training did.
-    """
+    task = ""
+    batch_sizes = (16, 4)
 
     def __init__(
         self,
         *,
         name: str,
         family: str,
-        module: nn.Module,
         version: str,
         labels: Sequence[str],
-        clip: ClipSpec,
-        mean: Sequence[float],
-        std: Sequence[float],
         device: torch.device | str,
         batch_size: int | None = None,
         meta: CheckpointMeta | None = None,
     ) -> None:
         self.name = name
         self.family = family
-        self.task = "classify"
         self.version = version
         self.labels = list(labels)
+        self.device = torch.device(device)
+        self.meta = meta
+        on_gpu, on_cpu = self.batch_sizes
+        self.batch_size = batch_size or (on_gpu if self.device.type == "cuda" else on_cpu)
+
+
+class Classifier(LoadedModel):
+    """A clip classifier: uint8 RGB clips in, class probabilities out.
+
+    Normalization, clip spec and labels come from the checkpoint, so inference preprocesses
+    exactly as training did.
+    """
+
+    task = "classify"
+    batch_sizes = (64, 16)
+
+    def __init__(
+        self,
+        *,
+        module: nn.Module,
+        clip: ClipSpec,
+        mean: Sequence[float],
+        std: Sequence[float],
+        **identity: Any,
+    ) -> None:
+        super().__init__(**identity)
         self.clip = clip
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.device = torch.device(device)
-        self.meta = meta
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16)
         # channels_last: the clips arrive as NHWC frames; measured faster on CPU too.
         try:
             self.module = module.to(self.device, memory_format=torch.channels_last).eval()
