@@ -234,3 +234,11 @@ def jpeg_claiming(path: Path, width: int, height: int, frames: int = 3) -> Path:
             packet.duration, packet.is_keyframe = 40, True
             container.mux(packet)
     return path
+
+
+def row_iou(a: dict, b: dict) -> float:
+    """IoU of two rows with x1, y1, x2, y2 columns (a detection, a ground-truth box)."""
+    from vidbatch.evaluate import box_iou
+
+    corners = ("x1", "y1", "x2", "y2")
+    return float(box_iou([[a[k] for k in corners]], [[b[k] for k in corners]])[0, 0])

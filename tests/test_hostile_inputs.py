@@ -377,11 +377,4 @@ def test_job_detection_times_are_sample_times_inside_each_video(indexed):
     assert sorted({d["frame_time_s"] for d in found}) == [0.0, 1.0, 2.0]
     for second in (0.0, 1.0, 2.0):
         best = max((d for d in found if d["frame_time_s"] == second), key=lambda d: d["score"])
-        assert _iou(best, truth[second]) >= 0.6, (second, best, truth[second])
-
-
-def _iou(a: dict, b: dict) -> float:
-    ix = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
-    iy = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
-    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"])
-    return ix * iy / (union - ix * iy) if union > ix * iy else 0.0
+        assert media.row_iou(best, truth[second]) >= 0.6, (second, best, truth[second])

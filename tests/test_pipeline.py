@@ -175,15 +175,7 @@ def test_one_decode_pass_feeds_a_custom_classifier_and_a_detector(ray_session, t
         assert found, f"no square detected at {second}s"
         best = max(found, key=lambda d: d["score"])
         t = truth[float(second)]
-        assert _iou(best, t) >= 0.7
-
-
-def _iou(a: dict, b: dict) -> float:
-    ix = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
-    iy = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
-    inter = ix * iy
-    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
-    return inter / union if union > 0 else 0.0
+        assert media.row_iou(best, t) >= 0.7
 
 
 def test_detection_boxes_are_normalized_to_the_displayed_frame(ray_session, tmp_path):
@@ -220,7 +212,7 @@ def test_detection_boxes_are_normalized_to_the_displayed_frame(ray_session, tmp_
         for d in rows:
             assert 0 <= d["x1"] < d["x2"] <= 1 and 0 <= d["y1"] < d["y2"] <= 1
             shown_at = max(t for t in truth[name] if t <= d["frame_time_s"] + 1e-6)
-            assert _iou(d, truth[name][shown_at]) >= 0.7, (name, d)
+            assert media.row_iou(d, truth[name][shown_at]) >= 0.7, (name, d)
     # Frames where the blinking shape is off have no truth box and must have no detection rows.
     shown = {round(r["frame_time_s"], 3) for r in blink}
     blank = {k / 4 for k in range(24) if round(int(k / 4 * 25 + 1e-6) / 25, 3) not in shown}
