@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from docs_section import replace_section
 
 from vidbatch.models.checkpoint import read_bytes, read_metadata, weights_version
 from vidbatch.synth import CLASSES, synthesize
@@ -235,15 +236,7 @@ def write_report(
     path: Path, results: dict[str, TrainResult], timings: dict[str, float], argv: list[str]
 ) -> None:
     """Replace the results section of docs/models.md (or append it), keeping the prose."""
-    section = render_report(results, timings, argv)
-    text = path.read_text() if path.exists() else "# Models\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(path, render_report(results, timings, argv), BEGIN, END, "# Models")
 
 
 if __name__ == "__main__":

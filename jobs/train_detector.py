@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from docs_section import replace_section
 
 from vidbatch.train_detect import DetectorTrainConfig, TrainedDetector, train_detector
 
@@ -120,15 +121,7 @@ def _command(argv: list[str]) -> str:
 
 def write_report(path: Path, result: TrainedDetector, argv: list[str]) -> None:
     """Replace the results section of docs/detection.md (or append it), keeping the prose."""
-    section = render_report(result, argv)
-    text = path.read_text() if path.exists() else "# Detection\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(path, render_report(result, argv), BEGIN, END, "# Detection")
 
 
 if __name__ == "__main__":
