@@ -10,6 +10,7 @@ calls, so the cost of starting one (importing PyAV) is paid once per worker, not
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import queue
 import signal
@@ -30,6 +31,7 @@ _CHILD = "import sys; from vidbatch.isolation import serve; serve(int(sys.argv[1
 STARTUP_S = 60.0
 
 
+@functools.cache  # a process setting: once is enough
 def bound_heap() -> None:
     """Keep a decoding process's memory flat however long the video: large buffers (frames,
     clips) are mmapped and go back to the OS when freed. glibc's default raises that threshold

@@ -21,7 +21,8 @@ What vidbatch adds:
 - `retrying(fn, uri)` retries a whole step (a listing, a staged write, a move into place, a
   read) with capped, jittered exponential backoff (`POLICY`) when the error looks transient,
   then raises StorageError: one line naming the URI, never credentials. Used by `open_input`
-  (reads), catalog (listing) and sink (the commit), whose steps are idempotent.
+  (reads), catalog (listing), sink (the commit) and history (index state, run records),
+  whose steps are idempotent.
 
 Storage that stays down therefore fails a step after roughly POLICY.attempts x 35 s for server
 errors, longer for dropped connections (s3fs's and aiohttp's retries multiply botocore's).
