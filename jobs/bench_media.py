@@ -27,6 +27,7 @@ import numpy as np
 from vidbatch.decode import clip_frame_times
 from vidbatch.planning import clip_starts, frame_times
 from vidbatch.specs import ClipSpec, FrameSpec
+from vidbatch.synth import write_keyframed
 
 
 def cache_dir(root: str | os.PathLike[str]) -> Path:
@@ -120,9 +121,10 @@ def get_video(
 
 
 def make_irregular(path: Path, *, seconds: float, keys: tuple[float, ...], fps: int = 30) -> Path:
-    """A small H.264 file whose only keyframes are at `keys` (forced I frames, scenecut off)."""
+    """A cached 320x240 H.264 file whose only keyframes are at `keys`."""
     if path.exists():
         return path
+    return write_keyframed(path, seconds=seconds, fps=fps, keys=keys, width=320, height=240)
     forced = {round(k * fps) for k in keys}
     long_gop = round(seconds * fps) + 1
     with av.open(str(path), "w", format="mp4") as container:

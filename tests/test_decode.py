@@ -9,6 +9,7 @@ from tests import media
 from vidbatch.decode import decode_clips, decode_samples, probe
 from vidbatch.errors import StageError
 from vidbatch.specs import ClipSpec, FrameSpec
+from vidbatch.synth import write_keyframed
 
 
 @pytest.fixture(scope="module")
@@ -111,32 +112,11 @@ def test_decode_modes_at_one_frame_per_second(gop2, mode):
         assert out.frames_decoded >= 25 * 11  # every frame up to 11 s (no gap beats the GOP)
 
 
-def _grey_video(path, *, seconds: int, fps: int, keys: tuple[float, ...]):
-    """Frame i is grey level i (i < 256); keyframes only at `keys` (forced, scenecut off)."""
-    import numpy as np
-
-    frames, forced = seconds * fps, {round(k * fps) for k in keys}
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.codec_context.options = {
-            "x264-params": f"keyint={frames + 1}:min-keyint={frames + 1}:scenecut=0"
-        }
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="rgb24")
-            frame.pts = i
-            if i in forced:
-                frame.pict_type = av.video.frame.PictureType.I
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 @pytest.mark.parametrize("mode", ["seek", "keyframes"])
 def test_irregular_keyframes_end_and_give_the_right_frames(tmp_path, mode):
     """Keyframes only at 0, 0.5 and 10 s of 20 s: a seek for 2 s lands back at 0.5 s, and
     jumping again would loop forever (it did); decoding goes through instead."""
-    path = _grey_video(tmp_path / "irregular.mp4", seconds=20, fps=10, keys=(0, 0.5, 10))
+    path = write_keyframed(tmp_path / "irregular.mp4", seconds=20, fps=10, keys=(0, 0.5, 10))
     times = [float(t) for t in range(20)]
     out = decode_samples(str(path), frame_spec=FrameSpec(1, 32), frame_times=times, mode=mode)
     shown = [round(float(f.mean())) for f in out.frames]

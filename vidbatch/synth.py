@@ -289,6 +289,37 @@ def write_video(
     return rows
 
 
+def write_keyframed(
+    path: str | Path,
+    *,
+    seconds: float,
+    fps: int,
+    keys: tuple[float, ...],
+    width: int = 64,
+    height: int = 48,
+) -> Path:
+    """An H.264 grey ramp whose only keyframes are at `keys` seconds (forced I frames,
+    scenecut off): frame i is grey level i mod 256. For irregular-GOP seeking checks."""
+    forced = {round(k * fps) for k in keys}
+    frames = round(seconds * fps)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = frames + 1
+        stream.codec_context.options = {
+            "x264-params": f"keyint={frames + 1}:min-keyint={frames + 1}:scenecut=0"
+        }
+        for i in range(frames):
+            image = np.full((height, width, 3), i % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            if i in forced:
+                frame.pict_type = av.video.frame.PictureType.I
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return Path(path)
+
+
 _BITEXACT = {"fflags": "+bitexact"}  # no random matroska segment id, no version strings
 
 
