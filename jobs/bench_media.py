@@ -24,10 +24,10 @@ from typing import Any
 import av
 import numpy as np
 
-from vidbatch.decode import clip_frame_times
-from vidbatch.planning import clip_starts, frame_times
+from vidbatch.job.plan import clip_starts, frame_times
+from vidbatch.media.decode import clip_frame_times
+from vidbatch.media.synth import write_keyframed
 from vidbatch.specs import ClipSpec, FrameSpec
-from vidbatch.synth import write_keyframed
 
 
 def cache_dir(root: str | os.PathLike[str]) -> Path:

@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_media as media  # noqa: E402
 
 from vidbatch.config import Resources  # noqa: E402
-from vidbatch.decode import decode_samples, probe  # noqa: E402
-from vidbatch.isolation import worker_sandbox  # noqa: E402
-from vidbatch.planning import clip_starts, frame_times, in_segment, plan_segments  # noqa: E402
+from vidbatch.job.plan import clip_starts, frame_times, in_segment, plan_segments  # noqa: E402
+from vidbatch.job.stages import DecodeStage, WorkUnit  # noqa: E402
+from vidbatch.media.decode import decode_samples, probe  # noqa: E402
+from vidbatch.media.isolation import worker_sandbox  # noqa: E402
 from vidbatch.specs import ClipSpec, FrameSpec  # noqa: E402
-from vidbatch.stages import DecodeStage, WorkUnit  # noqa: E402
 
 CLIP, FRAMES = ClipSpec(16, 8.0, 112), FrameSpec(1.0, 320)
 
@@ -138,7 +138,7 @@ def run_stage(rows: list[dict], clips: tuple[ClipSpec, ...], frames: FrameSpec |
 def job(source: str, models: list[dict], mode: str = "seek", segment: float = 120, **res: Any):
     """run_job on a config built from plain data, like `vidbatch run`; returns the summary."""
     from vidbatch.config import config_from_dict
-    from vidbatch.pipeline import run_job
+    from vidbatch.job.run import run_job
 
     sampling = {"clips": asdict(CLIP), "frames": asdict(FRAMES), "decode_mode": mode}
     with tempfile.TemporaryDirectory() as out:

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from docs_section import replace_section
 
+from vidbatch.media.synth import CLASSES, synthesize
 from vidbatch.models.checkpoint import read_bytes, read_metadata, weights_version
-from vidbatch.synth import CLASSES, synthesize
-from vidbatch.train import (
+from vidbatch.training.train import (
     ClipSet,
     TrainConfig,
     TrainResult,
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     timings["synthesize"] = time.perf_counter() - t0
     description = (
-        f"vidbatch.synth: {args.videos} videos, seed {args.seed}, h264, "
+        f"vidbatch.media.synth: {args.videos} videos, seed {args.seed}, h264, "
         f"{args.min_seconds:g}-{args.max_seconds:g} s, {len(CLASSES)} classes"
     )
 
@@ -169,7 +169,7 @@ def render_report(
     first = results[families[0]]
     # The dataset as train.py describes it (a checkpoint trained by hand records a path).
     m = next(
-        (r.metrics for r in results.values() if r.metrics["dataset"].startswith("vidbatch.synth")),
+        (r.metrics for r in results.values() if r.metrics["dataset"].startswith("vidbatch.media.synth")),
         first.metrics,
     )
     lines = [

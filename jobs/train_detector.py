@@ -1,6 +1,6 @@
 """Reproduce the shipped synth-detector: synthesize seeded archives (train and a held-out one
 with another seed), decode frames with vidbatch's decoder, train FCOS on a tiny CNN from scratch
-on CPU, score it with vidbatch.evaluate, and write vidbatch/assets/synth-detector.safetensors.
+on CPU, score it with vidbatch.tools.evaluate, and write vidbatch/assets/synth-detector.safetensors.
 
     python jobs/train_detector.py            # defaults reproduce the shipped checkpoint
     python jobs/train_detector.py --report   # also rewrite the results in docs/detection.md
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from docs_section import replace_section
 
-from vidbatch.train_detect import DetectorTrainConfig, TrainedDetector, train_detector
+from vidbatch.training.train_detect import DetectorTrainConfig, TrainedDetector, train_detector
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "<!-- results:begin (written by jobs/train_detector.py --report) -->"
@@ -85,7 +85,7 @@ def render_report(result: TrainedDetector, argv: list[str]) -> str:
             f"archive of {c['holdout_videos']} videos (seed {c['holdout_seed']}); training: "
             f"{m['train_frames']} frames of {c['train_videos']} videos (seed {c['train_seed']}), "
             f"{c['epochs']} epochs, batch {c['batch_size']}. Frames decoded at "
-            f"{c['arch']['size']} px (longer side), scored with `vidbatch.evaluate`.",
+            f"{c['arch']['size']} px (longer side), scored with `vidbatch.tools.evaluate`.",
             "",
             "| metric | value |",
             "| --- | ---: |",

@@ -79,7 +79,7 @@ def make_bucket(endpoint: str, name: str) -> None:
 @pytest.fixture(scope="session")
 def small_archive(tmp_path_factory):
     """Eight short labeled videos, made once per session."""
-    from vidbatch.synth import synthesize
+    from vidbatch.media.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("archive"), 8, seed=11, min_seconds=2.0, max_seconds=6.0)
 

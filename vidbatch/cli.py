@@ -12,7 +12,7 @@ from vidbatch.storage import StorageError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from vidbatch.config import load_config
-    from vidbatch.pipeline import plan_run, run_job
+    from vidbatch.job.run import plan_run, run_job
 
     config = load_config(args.config, args.set)
     if args.dry_run:
@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from vidbatch.synth import synthesize
+    from vidbatch.media.synth import synthesize
 
     archive = synthesize(
         args.out,
@@ -55,7 +55,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from vidbatch.train import load_train_config, train
+    from vidbatch.training.train import load_train_config, train
 
     result = train(load_train_config(args.config))
     print(result)
@@ -72,14 +72,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from vidbatch.evaluate import evaluate, format_report
+    from vidbatch.tools.evaluate import evaluate, format_report
 
     print(format_report(evaluate(args.predictions, args.truth)))
     return 0
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from vidbatch.query import query, to_text, write_table
+    from vidbatch.tools.query import query, to_text, write_table
 
     table = query(args.output, args.sql, args.storage_options)
     if args.format == "table":
@@ -93,14 +93,14 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from vidbatch.demo import run_demo
+    from vidbatch.tools.demo import run_demo
 
     return run_demo(args.dir, videos=args.videos)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vidbatch.report import add_report_parser
-    from vidbatch.search import add_search_parser, storage_options_arg
+    from vidbatch.tools.report import add_report_parser
+    from vidbatch.tools.search import add_search_parser, storage_options_arg
 
     parser = argparse.ArgumentParser(prog="vidbatch", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)

@@ -1,7 +1,7 @@
 """fsspec access in one place: nothing below this module knows which store a URI lives on.
 
 Flaky storage. What the libraries already retry, measured through a fault-injecting proxy
-(tests/flaky_proxy.py) with s3fs 2026.9, aiobotocore 3.10, botocore 1.43, aiohttp 3.14:
+(tests/support/flaky_proxy.py) with s3fs 2026.9, aiobotocore 3.10, botocore 1.43, aiohttp 3.14:
 
 - botocore retries each request on 500/502/503/504 and on dropped connections; its default
   (`legacy` mode) is 5 attempts with uncapped exponential backoff: a 500 or 503 that lasts

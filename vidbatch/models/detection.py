@@ -28,7 +28,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops import FeaturePyramidNetwork
 
-from vidbatch import tables
+from vidbatch.index import tables
+from vidbatch.media.synth import SHAPES
 from vidbatch.models.checkpoint import (
     CheckpointMeta,
     fit_state_dict,
@@ -46,7 +47,6 @@ from vidbatch.models.registry import (
     register_model,
 )
 from vidbatch.specs import ClipSpec, FrameSpec
-from vidbatch.synth import SHAPES
 
 FAMILY = "torchvision-detection"
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -127,7 +127,7 @@ def detections_table(
     video_id: str = "",
     run_id: str = "",
 ) -> pa.Table:
-    """`detect` results of one video's frames as `detections` rows (vidbatch.tables.DETECTIONS)."""
+    """`detect` results of one video's frames as `detections` rows (vidbatch.index.tables.DETECTIONS)."""
     counts = [len(scores) for _, scores, _ in results]
     boxes = np.concatenate([b for b, _, _ in results]) if results else np.empty((0, 4))
     n = int(sum(counts))

@@ -1,0 +1,406 @@
+"""Cluster definitions: they parse, the launcher YAML passes Ray's own schema, the KubeRay
+manifests are wired together (entrypoint files, service accounts, RBAC, ConfigMap, schedule),
+and the nightly launcher script does the right kubectl calls (run against a fake kubectl)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = REPO / "cluster"
+KUBERAY = CLUSTER / "kuberay"
+CLUSTER_YAMLS = sorted([*CLUSTER.rglob("*.yaml"), *CLUSTER.rglob("*.yml")])
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def by_kind(path: Path) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs(path)}
+
+
+def pod_specs(cluster_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The head pod spec, then every worker group's pod spec."""
+    groups = [cluster_spec["headGroupSpec"], *cluster_spec["workerGroupSpecs"]]
+    return [g["template"]["spec"] for g in groups]
+
+
+def gpus(pod: dict[str, Any]) -> int:
+    limits = pod["containers"][0]["resources"].get("limits", {})
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+def test_there_are_cluster_definitions() -> None:
+    names = {p.relative_to(CLUSTER).as_posix() for p in CLUSTER_YAMLS}
+    assert {
+        "aws.yaml",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob.yaml",
+        "kuberay/nightly-cronjob.yaml",
+    } <= names
+    assert (CLUSTER / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.relative_to(CLUSTER).as_posix())
+def test_every_cluster_yaml_parses(path: Path) -> None:
+    loaded = docs(path)
+    assert loaded, f"{path} has no YAML documents"
+    assert all(isinstance(d, dict) for d in loaded)
+
+
+# --- Ray cluster launcher ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def launcher() -> dict[str, Any]:
+    (config,) = docs(CLUSTER / "aws.yaml")
+    return config
+
+
+def test_launcher_yaml_validates_against_rays_schema(launcher: dict[str, Any]) -> None:
+    import jsonschema
+    import ray
+
+    schema_path = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+    schema = json.loads(schema_path.read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator_cls(schema).iter_errors(launcher)
+    ]
+    assert not errors, "\n".join(errors)
+
+
+def test_launcher_schema_check_is_not_vacuous(launcher: dict[str, Any]) -> None:
+    """The schema really constrains node types: a fractional GPU count is rejected."""
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    broken = json.loads(json.dumps(launcher))
+    broken["available_node_types"]["gpu"]["resources"]["GPU"] = 0.5
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_launcher_has_cpu_head_decode_and_gpu_groups(launcher: dict[str, Any]) -> None:
+    types = launcher["available_node_types"]
+    assert launcher["provider"]["type"] == "aws"
+    assert launcher["head_node_type"] in types
+    head = types[launcher["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    workers = {name: t for name, t in types.items() if name != launcher["head_node_type"]}
+    gpu = [t for t in workers.values() if t["resources"].get("GPU", 0) >= 1]
+    cpu = [t for t in workers.values() if t["resources"].get("GPU", 0) == 0]
+    assert gpu and cpu, "need a GPU worker group and a CPU decode worker group"
+    assert all(re.match(r"(g[4-6]|p[3-5])", t["node_config"]["InstanceType"]) for t in gpu)
+    assert all(t["resources"].get("CPU", 0) > 0 for t in cpu)
+    for t in workers.values():
+        assert t.get("min_workers", 0) <= t.get("max_workers", launcher["max_workers"])
+    # GPUs present at job start: `resources.actors: auto` counts them then.
+    assert all(t.get("min_workers", 0) >= 1 for t in gpu)
+
+
+def test_launcher_uses_instance_roles_token_auth_and_cuda_torch(launcher: dict[str, Any]) -> None:
+    for name, t in launcher["available_node_types"].items():
+        assert "Arn" in t["node_config"].get("IamInstanceProfile", {}), f"{name}: no instance role"
+    text = (CLUSTER / "aws.yaml").read_text()
+    assert "RAY_AUTH_MODE=token" in text
+    assert any("~/.ray/auth_token" in k for k in launcher.get("file_mounts", {}))
+    setup = " ".join(launcher.get("setup_commands", []))
+    assert re.search(r"download\.pytorch\.org/whl/cu\d+", setup), "torch must be a CUDA build"
+    assert ".venv" in launcher.get("rsync_exclude", []), "never sync the local venv"
+
+
+CREDENTIAL_TEXT = [
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
+    re.compile(r"aws_(secret_access_key|access_key_id|session_token)", re.IGNORECASE),
+    re.compile(r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?[0-9a-f]{16}", re.IGNORECASE),
+]
+SECRET_KEYS = {"key", "secret", "token", "password", "session_token"}
+AWS_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def credential_findings(node: Any, path: str = "") -> list[str]:
+    """Secrets in storage_options or AWS keys as literal env values, anywhere in a document."""
+    found = []
+    if isinstance(node, dict):
+        if path.endswith("storage_options"):
+            found += [f"{path}.{k}" for k in node if str(k).lower() in SECRET_KEYS]
+        if node.get("name") in AWS_ENV and "value" in node:
+            found.append(f"{path}: env {node['name']}")
+        for k, v in node.items():
+            found += credential_findings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += credential_findings(v, f"{path}[{i}]")
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*CLUSTER_YAMLS, *sorted((REPO / "jobs").rglob("*.yaml"))],
+    ids=lambda p: p.relative_to(REPO).as_posix(),
+)
+def test_no_credentials_in_cluster_or_job_files(path: Path) -> None:
+    text = path.read_text()
+    for pattern in CREDENTIAL_TEXT:
+        match = pattern.search(text)
+        assert not match, f"{path}: looks like a credential: {match.group(0)!r}"
+    for doc in docs(path):
+        assert not credential_findings(doc), f"{path}: {credential_findings(doc)}"
+        if isinstance(doc.get("runtimeEnvYAML"), str):  # nested YAML in a RayJob
+            assert not credential_findings(yaml.safe_load(doc["runtimeEnvYAML"]))
+
+
+# --- KubeRay -------------------------------------------------------------------------------------
+
+EXPECTED_KINDS = {
+    "raycluster.yaml": {
+        "Namespace": "v1",
+        "ServiceAccount": "v1",
+        "RayCluster": "ray.io/v1",
+    },
+    "rayjob.yaml": {"RayJob": "ray.io/v1"},
+    "nightly-cronjob.yaml": {
+        "ServiceAccount": "v1",
+        "Role": "rbac.authorization.k8s.io/v1",
+        "RoleBinding": "rbac.authorization.k8s.io/v1",
+        "CronJob": "batch/v1",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_KINDS))
+def test_kuberay_manifests_have_expected_kinds(name: str) -> None:
+    loaded = docs(KUBERAY / name)
+    assert {d["kind"]: d["apiVersion"] for d in loaded} == EXPECTED_KINDS[name]
+    for d in loaded:
+        meta = d["metadata"]
+        assert meta.get("name") or meta.get("generateName")
+        if d["kind"] != "Namespace":
+            assert meta["namespace"] == "vidbatch"
+
+
+def _check_ray_cluster_spec(spec: dict[str, Any]) -> None:
+    assert spec["authOptions"]["mode"] == "token"
+    assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52)
+    sa = by_kind(KUBERAY / "raycluster.yaml")["ServiceAccount"]
+    assert "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]  # IRSA
+    pods = pod_specs(spec)
+    assert all(p["serviceAccountName"] == sa["metadata"]["name"] for p in pods)
+    workers = pods[1:]
+    assert any(gpus(p) >= 1 for p in workers), "no GPU worker group"
+    assert any(gpus(p) == 0 for p in workers), "no CPU decode worker group"
+    assert gpus(pods[0]) == 0 and spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    for pod in pods:
+        for container in pod["containers"]:
+            names = {e["name"] for e in container.get("env", [])}
+            assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def test_raycluster_wiring() -> None:
+    _check_ray_cluster_spec(by_kind(KUBERAY / "raycluster.yaml")["RayCluster"]["spec"])
+
+
+@pytest.fixture(scope="module")
+def rayjob() -> dict[str, Any]:
+    return by_kind(KUBERAY / "rayjob.yaml")["RayJob"]
+
+
+def test_rayjob_wiring(rayjob: dict[str, Any]) -> None:
+    spec = rayjob["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    _check_ray_cluster_spec(spec["rayClusterSpec"])
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"]
+    assert ".venv" in runtime_env.get("excludes", [])
+    # Fixed GPU count: the job sizes its actor pool from the GPUs present when it starts.
+    for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
+        assert group["minReplicas"] == group["replicas"] == group["maxReplicas"]
+
+
+def test_rayjob_entrypoint_references_repo_files(rayjob: dict[str, Any]) -> None:
+    from vidbatch.config import load_config
+
+    argv = shlex.split(rayjob["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "jobs/index_archive.py"]
+    assert (REPO / argv[1]).is_file()
+    configs = [a for a in argv[2:] if a.endswith((".yaml", ".yml"))]
+    assert configs == ["jobs/configs/nightly-s3.yaml"]
+    for config in configs:
+        assert (REPO / config).is_file()
+        load_config(REPO / config)  # a valid job config, not just a file
+
+
+# --- nightly CronJob ---------------------------------------------------------------------------
+
+_CRON_FIELDS = [  # (low, high, names)
+    (0, 59, []),
+    (0, 23, []),
+    (1, 31, []),
+    (1, 12, "jan feb mar apr may jun jul aug sep oct nov dec".split()),
+    (0, 7, "sun mon tue wed thu fri sat".split()),
+]
+
+
+def _cron_value(text: str, low: int, high: int, names: list[str]) -> int:
+    if text.lower() in names:
+        return names.index(text.lower()) + (low if low == 1 else 0)
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(text)
+    return int(text)
+
+
+def valid_cron(expression: str) -> bool:
+    """A standard 5-field cron expression: lists, ranges, steps, names; no @macros."""
+    fields = expression.split()
+    if len(fields) != 5:
+        return False
+    try:
+        for field, (low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+            for item in field.split(","):
+                base, _, step = item.partition("/")
+                if step and (not step.isdigit() or int(step) < 1):
+                    return False
+                if base == "*":
+                    continue
+                start, _, end = base.partition("-")
+                a = _cron_value(start, low, high, names)
+                if end and _cron_value(end, low, high, names) < a:
+                    return False
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("expression", "ok"),
+    [
+        ("30 2 * * *", True),
+        ("*/15 0-6 1,15 * mon-fri", True),
+        ("0 3 * jan-mar 0", True),
+        ("60 2 * * *", False),
+        ("30 2 * *", False),
+        ("30 2 * * * *", False),
+        ("30 25 * * *", False),
+        ("*/0 * * * *", False),
+        ("@daily", False),
+    ],
+)
+def test_cron_checker(expression: str, ok: bool) -> None:
+    assert valid_cron(expression) is ok
+
+
+@pytest.fixture(scope="module")
+def nightly() -> dict[str, dict[str, Any]]:
+    return by_kind(KUBERAY / "nightly-cronjob.yaml")
+
+
+def launch_script(nightly: dict[str, dict[str, Any]]) -> str:
+    pod = nightly["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:1] == ["/bin/sh"]
+    return container["args"][-1]
+
+
+def test_cronjob_schedule_and_rbac(nightly: dict[str, dict[str, Any]]) -> None:
+    cron = nightly["CronJob"]["spec"]
+    assert valid_cron(cron["schedule"]), cron["schedule"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    account = nightly["ServiceAccount"]["metadata"]["name"]
+    assert pod["serviceAccountName"] == account
+    binding = nightly["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": nightly["Role"]["metadata"]["name"],
+    }
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": "vidbatch"}
+    assert subject in binding["subjects"]
+    rules = nightly["Role"]["rules"]
+    assert any(
+        "ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"]
+        for r in rules
+    )
+    assert all(r["resources"] == ["rayjobs"] for r in rules), "launcher needs nothing else"
+
+
+def test_cronjob_creates_the_rayjob_from_its_configmap(
+    nightly: dict[str, dict[str, Any]], rayjob: dict[str, Any]
+) -> None:
+    pod = nightly["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    script = launch_script(nightly)
+    assert f"create -f {mount['mountPath']}/rayjob.yaml" in script
+    # The README's command builds this ConfigMap from rayjob.yaml under that key.
+    readme = (CLUSTER / "README.md").read_text()
+    assert f"create configmap {volume['configMap']['name']}" in readme
+    assert "--from-file=rayjob.yaml=cluster/kuberay/rayjob.yaml" in readme
+    # `kubectl create` each night needs a fresh name; the script finds runs by this label.
+    assert rayjob["metadata"]["generateName"] and "name" not in rayjob["metadata"]
+    label = "app.kubernetes.io/name=" + rayjob["metadata"]["labels"]["app.kubernetes.io/name"]
+    assert label in script
+
+
+FAKE_KUBECTL = """#!/bin/sh
+echo "$*" >> "$KUBECTL_LOG"
+case "$*" in
+  *jsonpath*) cat "$FAKE_STATUS" ;;
+  *"--sort-by"*) cat "$FAKE_NAMES" ;;
+esac
+"""
+
+
+def run_launch_script(tmp_path: Path, script: str, statuses: str, names: list[str]) -> list[str]:
+    """Run the CronJob's shell script with a fake kubectl that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "status").write_text(statuses)
+    (tmp_path / "names").write_text("".join(f"{n}\n" for n in names))
+    log = tmp_path / "kubectl.log"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "KUBECTL_LOG": str(log),
+        "FAKE_STATUS": str(tmp_path / "status"),
+        "FAKE_NAMES": str(tmp_path / "names"),
+    }
+    subprocess.run(["/bin/sh", "-ec", script], env=env, check=True, timeout=30)
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_launch_script_creates_tonights_rayjob_and_prunes_old_ones(
+    tmp_path: Path, nightly: dict[str, dict[str, Any]]
+) -> None:
+    old = [f"rayjob.ray.io/vidbatch-nightly-{i:02d}" for i in range(10)]  # oldest first
+    calls = run_launch_script(tmp_path, launch_script(nightly), "a Complete\nb Failed\n", old)
+    assert any(c.startswith("-n vidbatch create -f /etc/vidbatch/rayjob.yaml") for c in calls)
+    deletes = [c for c in calls if " delete" in c]
+    assert deletes == ["-n vidbatch delete " + " ".join(old[:3])]  # keeps the newest 7
+
+
+def test_launch_script_skips_while_a_run_is_in_progress(
+    tmp_path: Path, nightly: dict[str, dict[str, Any]]
+) -> None:
+    calls = run_launch_script(
+        tmp_path, launch_script(nightly), "a Complete\nb Running\n", ["rayjob.ray.io/b"]
+    )
+    assert not [c for c in calls if " create " in c or " delete" in c], calls

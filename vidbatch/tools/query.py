@@ -1,0 +1,138 @@
+"""SQL over the output tables: DuckDB views `videos`, `clips`, `detections` on Arrow datasets,
+so any fsspec store (S3 with the job's storage_options) works without DuckDB extensions."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from collections.abc import Mapping
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from vidbatch.index import tables
+from vidbatch.storage import filesystem, join
+
+
+def table_dataset(output_uri: str, name: str, storage_options: Mapping[str, Any] | None = None):
+    """A pyarrow dataset of one output table (Hive partitions as columns), or an empty table."""
+    fs, root = filesystem(output_uri, storage_options)
+    path = join(root, name)
+    schema = tables.read_schema(name)
+    partition_fields = [schema.field(p) for p in tables.PARTITIONS[name]]
+    if not fs.exists(path):
+        return schema.empty_table()
+    return pds.dataset(
+        path,
+        filesystem=PyFileSystem(FSSpecHandler(fs)),
+        format="parquet",
+        partitioning=pds.partitioning(pa.schema(partition_fields), flavor="hive"),
+        schema=schema,
+        exclude_invalid_files=False,
+    )
+
+
+def connect(
+    output_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the index's tables registered as views."""
+    fs, root = filesystem(output_uri, storage_options)
+    if not fs.exists(root):
+        raise FileNotFoundError(
+            f"no index at {output_uri}: nothing exists there (is it the job's output.uri?)"
+        )
+    datasets = {name: table_dataset(output_uri, name, storage_options) for name in tables.TABLES}
+    if not any(isinstance(d, pds.FileSystemDataset) and d.files for d in datasets.values()):
+        raise FileNotFoundError(
+            f"empty index at {output_uri}: no Parquet files under videos/, clips/ or detections/ "
+            "(no run has committed output there yet)"
+        )
+    con = duckdb.connect()
+    for name, dataset in datasets.items():
+        con.register(name, dataset)
+    return con
+
+
+def query(output_uri: str, sql: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """Run one SQL statement; a DuckDB error becomes one line: ValueError("SQL error: ...")."""
+    con = connect(output_uri, storage_options)
+    try:
+        # con.execute(...).to_arrow_table() copies the rows and warns in DuckDB 2.
+        relation = con.sql(sql)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+    except duckdb.Error as exc:
+        raise ValueError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+
+
+FORMATS = ("csv", "json", "parquet")
+
+
+def write_table(
+    table: pa.Table, fmt: str, out: str | None, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Write results as CSV, JSON Lines or Parquet to a local path or fsspec URI; returns `out`.
+
+    The file is complete or absent: it is serialized in memory first, and a local file is
+    written beside the target and renamed. CSV has no nested types, so list/struct columns
+    (clips.labels, clips.scores) become JSON text.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not out:
+        raise ValueError(f"--format {fmt} needs --out FILE")
+    buffer = io.BytesIO()
+    if fmt == "parquet":
+        pq.write_table(table, buffer, compression="zstd")
+    elif fmt == "csv":
+        pacsv.write_csv(_flatten_nested(table), buffer)
+    else:
+        for row in table.to_pylist():
+            buffer.write(json.dumps(row, default=_json_value, ensure_ascii=False).encode() + b"\n")
+    fs, path = filesystem(out, storage_options)
+    if "://" in out and not out.startswith("file://"):
+        fs.pipe_file(path, buffer.getvalue())
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
+        with open(partial, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(partial, path)
+    return out
+
+
+def to_text(table: pa.Table) -> str:
+    """A plain-text table for the terminal."""
+    if not table.num_rows:
+        return "(no rows)"
+    return table.to_pandas().to_string(index=False)
+
+
+def _flatten_nested(table: pa.Table) -> pa.Table:
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_nested(field.type):
+            values = column.to_pylist()
+            text = [None if v is None else json.dumps(v, default=_json_value) for v in values]
+            column = pa.array(text, pa.string())
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for what Arrow rows hold beyond JSON's types: times as ISO 8601, bytes as base64."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return str(value)
