@@ -59,7 +59,7 @@ class CheckpointMeta:
                 "task": self.task,
                 "arch": self.arch,
                 "labels": list(self.labels),
-                "clip": asdict(self.clip),
+                "clip": {k: v for k, v in asdict(self.clip).items() if v is not None},
                 "normalization": {"mean": list(self.mean), "std": list(self.std)},
                 "metrics": self.metrics,
             },
