@@ -381,6 +381,7 @@ def fit(
         ),
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=loop.label_smoothing)
+    first = next(iter(module.parameters()))
     history: list[dict[str, float]] = []
     for epoch in range(1, loop.epochs + 1):
         began = time.perf_counter()
@@ -413,6 +414,8 @@ def fit(
             "epoch": epoch,
             "loss": loss_sum / max(1, seen),
             "train_accuracy": correct / max(1, seen),
+            # The optimizer's own count of the updates it applied, so far.
+            "steps": int(optimizer.state[first].get("step", 0)) if first in optimizer.state else 0,
         }
         if held_x is not None and held_y is not None and rank == 0:
             # The unwrapped module: a DDP forward on one rank alone could wait on the others.
@@ -442,6 +445,27 @@ def _name(labels: Sequence[str], index: float) -> str:
     return labels[int(index)] if int(index) < len(labels) else f"class {int(index)}"
 
 
+@dataclass
+class RankReport:
+    """How one training worker ended: which rank it was, in which process, how many optimizer
+    updates it applied, its own per-epoch loss (on its shard) and its final state dict."""
+
+    rank: int
+    world: int
+    pid: int
+    steps: int
+    losses: list[float]
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
+class DistributedFit:
+    """What `fit_distributed` brings back: rank 0's history and every rank's report."""
+
+    history: list[dict[str, float]]
+    ranks: list[RankReport]
+
+
 def fit_distributed(
     module: nn.Module,
     train_x: np.ndarray,
@@ -454,11 +478,12 @@ def fit_distributed(
     held_y: np.ndarray | None = None,
     labels: Sequence[str] = (),
     log: Log = print,
-) -> list[dict[str, float]]:
+) -> DistributedFit:
     """`fit` on `loop.workers` Ray Train workers (DDP: gloo on CPU, NCCL with GPUs).
 
     The decoded clips go to the object store once; every worker runs `fit` on its shard and
-    rank 0 sends the weights back as a Ray Train checkpoint, loaded into `module` here.
+    rank 0 sends the weights back as a Ray Train checkpoint, loaded into `module` here, with
+    every rank's report (`RankReport`), so a caller can see that the ranks stayed in step.
     """
     import tempfile
 
@@ -498,18 +523,27 @@ def fit_distributed(
         with result.checkpoint.as_directory() as folder:
             state = load_file(os.path.join(folder, "model.safetensors"))
             history = json.loads(Path(folder, "history.json").read_text())
+            ranks = [
+                RankReport(
+                    **info,
+                    state=load_file(os.path.join(folder, f"rank-{info['rank']}.safetensors")),
+                )
+                for info in json.loads(Path(folder, "ranks.json").read_text())
+            ]
     module.load_state_dict(state)
     for record in history:
         log(f"epoch {record['epoch']}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
-    return history
+    return DistributedFit(history=history, ranks=ranks)
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: DDP-wrap, run `fit` on this rank's shard, rank 0 checkpoints."""
+    """One Ray Train worker: DDP-wrap, run `fit` on this rank's shard; rank 0 gathers every
+    rank's report and final weights and checkpoints them with its own."""
     import tempfile
 
     import ray
     import ray.train
+    import torch.distributed as dist
     from ray.train import Checkpoint
     from ray.train.torch import prepare_model
 
@@ -530,13 +564,28 @@ def _train_worker(config: dict[str, Any]) -> None:
         world=world,
         labels=config["labels"],
     )
+    core = module.module if isinstance(module, DistributedDataParallel) else module
+    state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()}
+    info = {
+        "rank": rank,
+        "world": world,
+        "pid": os.getpid(),
+        "steps": history[-1]["steps"] if history else 0,
+        "losses": [record["loss"] for record in history],
+    }
+    reports: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(reports, (info, state))
+    else:
+        reports = [(info, state)]
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            core = module.module if isinstance(module, DistributedDataParallel) else module
-            state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()}
             save_file(state, os.path.join(folder, "model.safetensors"))
             Path(folder, "history.json").write_text(json.dumps(history))
+            for each, each_state in reports:
+                save_file(each_state, os.path.join(folder, f"rank-{each['rank']}.safetensors"))
+            Path(folder, "ranks.json").write_text(json.dumps([each for each, _ in reports]))
             checkpoint = Checkpoint.from_directory(folder)
         ray.train.report({"epochs": len(history)}, checkpoint=checkpoint)
 
@@ -551,6 +600,7 @@ class TrainResult:
     history: list[dict[str, float]]
     meta: CheckpointMeta
     size_bytes: int
+    ranks: list[RankReport] = field(default_factory=list)  # one per training worker
 
     def __str__(self) -> str:
         return (
@@ -597,7 +647,7 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
     )
     began = time.perf_counter()
     if loop.workers > 1:
-        history = fit_distributed(
+        distributed = fit_distributed(
             module,
             train_x,
             train_y,
@@ -609,6 +659,7 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
             labels=labels,
             log=log,
         )
+        history, ranks = distributed.history, distributed.ranks
     else:
         module.to(default_device(), memory_format=torch.channels_last)
         history = fit(
@@ -623,6 +674,9 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
             labels=labels,
             log=log,
         )
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        losses = [record["loss"] for record in history]
+        ranks = [RankReport(0, 1, os.getpid(), history[-1]["steps"], losses, state)]
     train_seconds = time.perf_counter() - began
 
     pred = evaluate(module, held_x, mean, std)
@@ -668,6 +722,7 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
         history=history,
         meta=meta,
         size_bytes=len(data),
+        ranks=ranks,
     )
 
 
