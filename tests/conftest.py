@@ -99,3 +99,48 @@ def job_config(source: str, output: str, **extra) -> dict:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# ---------------------------------------------------------------- CI: a skip is a failure
+# .ci/run sets VIDBATCH_FAIL_ON_SKIP=1. There a test that skips (a missing browser, codec, CLI
+# ...) fails instead, unless it is marked `may_skip(reason)`: why it cannot run wherever CI
+# runs. `gpu` tests are deselected in CI (-m "not gpu"), not skipped.
+FAIL_ON_SKIP = "VIDBATCH_FAIL_ON_SKIP"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "may_skip(reason): may skip even in CI, for the reason given (see conftest)"
+    )
+
+
+def _skip_is_a_failure(report, marker) -> bool:
+    if os.environ.get(FAIL_ON_SKIP) != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return False
+    return marker is None or not (marker.args or marker.kwargs.get("reason"))
+
+
+def _as_failure(report) -> None:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped with {FAIL_ON_SKIP}=1, which fails: {reason}\n"
+        "Make what the test needs available in CI, or mark it @pytest.mark.may_skip(reason=...)."
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _skip_is_a_failure(report, item.get_closest_marker("may_skip")):
+        _as_failure(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _skip_is_a_failure(report, None):  # a whole module skipped (importorskip at the top)
+        _as_failure(report)
