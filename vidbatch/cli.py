@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from vidbatch.errors import ConfigError
+from vidbatch.errors import ConfigError, IndexBusyError
 from vidbatch.storage import StorageError
 
 
@@ -15,27 +16,58 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vidbatch.job.run import plan_run, run_job
 
     config = load_config(args.config, args.set)
+    log = _logger(args)
     if args.dry_run:
-        plan = plan_run(config, limit=args.limit)
-        failed = sum(1 for s in plan.videos if s.error)
-        seconds = sum(s.info.duration_s for s in plan.videos if s.info)
+        plan = plan_run(config, limit=args.limit, retry_failed=args.retry_failed)
+        reasons = ", ".join(f"{n} {reason}" for reason, n in plan.reasons().items()) or "none"
         print(
-            f"dry run: {len(plan.videos)} videos ({failed} unreadable), {len(plan.units)} segments, "
-            f"{seconds / 3600:.3f} video-hours, models: "
-            + ", ".join(f"{m.name}@{m.version}" for m in plan.models)
+            f"dry run: {plan.listed.num_rows} videos listed ({reasons}); {plan.todo.num_rows} to index"
         )
+        print("models: " + ", ".join(f"{m.name}@{m.version}" for m in plan.models))
+        if plan.changed:
+            print("changed since the last run (re-indexes): " + ", ".join(plan.changed))
         return 0
-    summary = run_job(config, limit=args.limit)
+    summary = run_job(
+        config,
+        limit=args.limit,
+        retry_failed=args.retry_failed,
+        log=log,
+        show_progress=not args.quiet,
+        verbose=args.verbose,
+    )
     print(summary.line())
-    if summary.videos and summary.failed / summary.videos > config.max_failed_fraction:
+    if summary.over_budget(config.max_failed_fraction):
         by_stage = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures.items()))
         print(
-            f"vidbatch: error: {summary.failed} of {summary.videos} videos failed ({by_stage}), "
-            f"more than max_failed_fraction={config.max_failed_fraction}; see status='failed' rows in "
-            f"{config.output.uri.rstrip('/')}/videos/",
+            f"vidbatch: error: {summary.failed} of {summary.processed} videos processed failed "
+            f"({by_stage}), more than max_failed_fraction={config.max_failed_fraction}; see "
+            f"vidbatch query {config.output.uri} \"SELECT uri, error FROM videos WHERE status = 'failed'\"",
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _logger(args: argparse.Namespace):
+    """Progress and notes on stderr, none with -q."""
+    if getattr(args, "quiet", False):
+        return lambda message: None
+    return lambda message: print(message, file=sys.stderr, flush=True)
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from vidbatch.index.store import IndexStore
+
+    store = IndexStore(args.output, args.storage_options)
+    if not store.exists():
+        raise FileNotFoundError(f"no index at {args.output}")
+    with store.lease(f"compact-{os.getpid()}"):
+        report = store.compact(args.retention_hours)
+    for name, figures in report.items():
+        print(
+            f"{name}: {figures['files_removed']} files compacted into {figures['files_added']}, "
+            f"{figures['files_deleted']} deleted"
+        )
     return 0
 
 
@@ -63,11 +95,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from vidbatch.models import list_models
+    from vidbatch.models import describe_model, list_models
 
-    print(f"{'name':<34} {'family':<22} {'task':<9} input")
+    rows = [("name", "family", "task", "input", "weights", "about")]
     for spec in list_models():
-        print(f"{spec.name:<34} {spec.family:<22} {spec.task:<9} {getattr(spec, 'input', '')}")
+        if spec.default_weights:
+            info = describe_model(spec.name)
+            weights = "shipped" if info.weights_shipped else "default missing"
+        else:  # the input is in torchvision's record; the weights come by name or file
+            info = describe_model(spec.name, "random")
+            weights = "by name or file" if spec.weights_by_name else "file"
+        rows.append((spec.name, spec.family, spec.task, info.input, weights, spec.summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    print(
+        "\nweights: shipped = installed with the packages; by name = torchvision's "
+        "(DEFAULT, ...) via the torch cache, or a file. Your own model: module:factory."
+    )
     return 0
 
 
@@ -81,7 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_query(args: argparse.Namespace) -> int:
     from vidbatch.tools.query import query, to_text, write_table
 
-    table = query(args.output, args.sql, args.storage_options)
+    table = query(args.output, args.sql, args.storage_options, as_of=args.as_of)
     if args.format == "table":
         print(to_text(table))
     else:
@@ -110,9 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    p.add_argument("--limit", type=int, help="index at most N videos")
-    p.add_argument("--dry-run", action="store_true", help="list and plan without decoding")
+    p.add_argument("--limit", type=int, help="index at most N videos (of those to process)")
+    p.add_argument("--dry-run", action="store_true", help="list and decide without decoding")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="retry failed videos past max_retries"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only the summary and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="Ray's own lines too")
     p.set_defaults(func=_cmd_run)
+
+    p = verbs.add_parser("compact", help="optimize small files and vacuum old ones")
+    p.add_argument("output", help="the job's output.uri")
+    p.add_argument(
+        "--retention-hours",
+        type=float,
+        default=168.0,
+        help="keep files earlier versions need for this long (time travel); default 7 days",
+    )
+    p.add_argument(
+        "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
+    )
+    p.set_defaults(func=_cmd_compact)
 
     p = verbs.add_parser("synth", help="make a labeled synthetic archive")
     p.add_argument("out")
@@ -141,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--out", help="file to write for csv/json/parquet")
     p.add_argument(
+        "--as-of",
+        metavar="VERSION|TIMESTAMP",
+        help="read the index as it was: a videos-table version or a time (2026-11-30T08:00Z)",
+    )
+    p.add_argument(
         "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
     )
     p.set_defaults(func=_cmd_query)
@@ -159,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except StorageError as exc:  # storage stayed down through every retry: nothing half-visible
+    except (StorageError, IndexBusyError) as exc:  # nothing half-visible was left behind
         print(f"vidbatch: error: {exc}", file=sys.stderr)
         return 1
     except (ConfigError, FileNotFoundError, ValueError) as exc:

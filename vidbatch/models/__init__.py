@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from vidbatch.models import (  # noqa: F401  (registration side effects)
     cnn,
-    custom,
     detection,
     rnn,
     transformer,
+    transnetv2,
     video_zoo,
 )
 from vidbatch.models.checkpoint import (
@@ -20,29 +20,35 @@ from vidbatch.models.checkpoint import (
     save_checkpoint,
     weights_version,
 )
-from vidbatch.models.detection import Detector
-from vidbatch.models.loaded import Classifier, load_model, register_loader
+from vidbatch.models.loaded import Classifier, Detector
 from vidbatch.models.registry import (
-    ModelSpec,
+    describe_model,
     get_model,
     get_model_spec,
     list_models,
+    load_model,
     register_model,
 )
+from vidbatch.models.shots import Shot, ShotDetector, shots_from_probabilities
+from vidbatch.models.spec import ModelInfo, ModelSpec
 
 __all__ = [
     "CheckpointMeta",
     "Classifier",
     "Detector",
+    "ModelInfo",
     "ModelSpec",
+    "Shot",
+    "ShotDetector",
+    "describe_model",
     "get_model",
     "get_model_spec",
     "list_models",
     "load_model",
     "read_checkpoint",
     "read_metadata",
-    "register_loader",
     "register_model",
     "save_checkpoint",
+    "shots_from_probabilities",
     "weights_version",
 ]

@@ -82,7 +82,12 @@ class CheckpointMeta:
                 family=str(doc["family"]),
                 task=str(doc["task"]),
                 labels=tuple(str(label) for label in doc["labels"]),
-                clip=ClipSpec(int(clip["frames"]), float(clip["fps"]), int(clip["size"])),
+                clip=ClipSpec(
+                    int(clip["frames"]),
+                    float(clip["fps"]),
+                    int(clip["size"]),
+                    tuple(int(v) for v in clip["resize"]) if clip.get("resize") else None,
+                ),
                 mean=tuple(float(v) for v in doc["normalization"]["mean"]),
                 std=tuple(float(v) for v in doc["normalization"]["std"]),
                 arch=dict(doc.get("arch") or {}),

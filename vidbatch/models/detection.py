@@ -3,20 +3,20 @@
 Every detector is family "torchvision-detection": a torchvision detection module whose own
 transform resizes and normalizes frames, so `Detector.detect` takes plain uint8 RGB frames of
 any size and returns boxes relative to that frame. Zoo models are built with
-`weights=None, weights_backbone=None` (nothing is downloaded, ever) and take the user's
-torchvision state dict (`.pth`, read with `torch.load(weights_only=True)`, so a pickle that
-carries code is refused); their labels are torchvision's COCO categories (metadata only).
-A vidbatch checkpoint (`.safetensors` + JSON metadata) loads into any of them with its own
-labels and arch args: that is how the shipped `synth-detector` (FCOS on a tiny CNN, trained
-from scratch by `jobs/train_detector.py`) is stored. `weights="random"` builds an untrained
-model, for tests.
+`weights=None, weights_backbone=None` (torchvision downloads nothing while building) and take
+their weights by torchvision's name (`DEFAULT`, `COCO_V1`, read from the torch hub cache, see
+`vidbatch.models.tv_weights`) or as the user's state dict (`.pth`, read with
+`torch.load(weights_only=True)`, so a pickle that carries code is refused); their labels are
+the COCO categories of torchvision's weights record. A vidbatch checkpoint (`.safetensors` +
+JSON metadata) loads into any of them with its own labels and arch args: that is how the
+shipped `synth-detector` (FCOS on a tiny CNN, trained from scratch by
+`jobs/train_detector.py`) is stored. `weights="random"` builds an untrained model, for tests.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -32,20 +32,24 @@ from vidbatch.index import tables
 from vidbatch.media.synth import SHAPES
 from vidbatch.models.checkpoint import (
     CheckpointMeta,
-    fit_state_dict,
     fit_torchvision_state,
-    parse_checkpoint,
     read_state_dict,
     weights_version,
 )
-from vidbatch.models.common import to_device
-from vidbatch.models.loaded import RANDOM_WEIGHTS, LoadedModel, register_loader
-from vidbatch.models.registry import (
-    ModelSpec,
-    asset_path,
-    check_arch,
-    register_model,
+from vidbatch.models.loaded import (
+    Detector,
+    build_from_checkpoint,
+    checkpoint_meta,
+    frames_to_tensor,
 )
+from vidbatch.models.registry import asset_path, register_model
+from vidbatch.models.spec import (
+    RANDOM_WEIGHTS,
+    ModelInfo,
+    ModelSpec,
+    weights_bytes,
+)
+from vidbatch.models.tv_weights import zoo_weights
 from vidbatch.specs import ClipSpec, FrameSpec
 
 FAMILY = "torchvision-detection"
@@ -55,67 +59,6 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 COCO_CATEGORIES: tuple[str, ...] = tuple(
     tvd.FasterRCNN_ResNet50_FPN_V2_Weights.DEFAULT.meta["categories"]
 )
-
-# Labels of an untrained build or of a bare state dict, by model name; checkpoints carry theirs.
-_LABELS: dict[str, tuple[str, ...]] = {}
-
-
-class Detector(LoadedModel):
-    """An object detector: uint8 RGB frames in, normalized boxes, scores and labels out.
-
-    `frame` is the input size the model was trained at (longer side), or None when the model
-    resizes any frame itself and the job's frame size is as good as any.
-    """
-
-    task = "detect"
-    batch_sizes = (16, 4)
-
-    def __init__(self, *, module: nn.Module, frame: FrameSpec | None, **identity: Any) -> None:
-        super().__init__(**identity)
-        self.frame = frame
-        self.module = module.to(self.device).eval()
-
-    def __repr__(self) -> str:
-        return (
-            f"Detector({self.name!r}, family={self.family!r}, version={self.version!r}, "
-            f"labels={len(self.labels)}, frame={self.frame}, device={str(self.device)!r})"
-        )
-
-    def detect(
-        self, frames: Sequence[np.ndarray] | np.ndarray, *, min_score: float, max_detections: int
-    ) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
-        """Per frame: (boxes (K, 4) float32 x1,y1,x2,y2 in 0..1 of that frame, scores (K,), labels).
-
-        Detections are sorted by score, at least `min_score`, at most `max_detections`.
-        """
-        frames = [_check_frame(self.name, f) for f in frames]
-        if max_detections < 1:
-            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-        _set_limits(self.module, min_score, max_detections)
-        cuda = self.device.type == "cuda"
-        # float16 as torchvision's detection references train with; boxes come back as float32.
-        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
-        out: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
-        with torch.inference_mode(), autocast:
-            for i in range(0, len(frames), self.batch_size):
-                chunk = frames[i : i + self.batch_size]
-                images = [frames_to_tensor(f, self.device) for f in chunk]
-                for frame, found in zip(chunk, self.module(images), strict=True):
-                    out.append(self._rows(frame, found, min_score, max_detections))
-        return out
-
-    def _rows(
-        self, frame: np.ndarray, found: Mapping[str, torch.Tensor], min_score: float, limit: int
-    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        scores = found["scores"].float().cpu().numpy()
-        order = np.argsort(-scores, kind="stable")
-        order = order[scores[order] >= min_score][:limit]
-        height, width = frame.shape[:2]
-        scale = np.array([width, height, width, height], np.float32)
-        boxes = found["boxes"].float().cpu().numpy()[order] / scale
-        ids = found["labels"].cpu().numpy()[order]
-        names = [self.labels[i] if 0 <= i < len(self.labels) else str(i) for i in ids.tolist()]
-        return np.clip(boxes, 0.0, 1.0).astype(np.float32), scores[order].astype(np.float32), names
 
 
 def detections_table(
@@ -145,43 +88,104 @@ def detections_table(
     return pa.table(columns, schema=tables.DETECTIONS)
 
 
-def frames_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (H, W, 3) RGB -> float (3, H, W) in 0..1, what torchvision detectors take.
-
-    Training goes through this too; the model's own transform does resizing and normalization.
-    """
-    x = to_device(np.ascontiguousarray(frame), device)
-    return x.permute(2, 0, 1).float().div_(255.0)
+# ---------------------------------------------------------------- loading
 
 
-def _check_frame(name: str, frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+def _weights(
+    spec: ModelSpec, weights: str | None, storage_options: Mapping[str, Any] | None
+) -> tuple[bytes, str, tuple[str, ...]]:
+    """(bytes, uri, labels of a bare state dict): zoo models also take torchvision names."""
+    if spec.weights_by_name:
+        record, data, uri = zoo_weights(spec, weights, storage_options)
+        return data, uri, tuple(record.meta["categories"])
+    data, uri = weights_bytes(spec, weights, storage_options)
+    return data, uri, spec.labels
+
+
+def _is_checkpoint(data: bytes, uri: str) -> bool:
+    return uri.endswith(".safetensors") or (len(data) > 9 and data[8:9] == b"{")
+
+
+def _labels(spec: ModelSpec, labels: tuple[str, ...], uri: str) -> tuple[str, ...]:
+    if not labels:
         raise ValueError(
-            f"model {name!r} expects uint8 RGB frames (H, W, 3), got {frame.dtype} {frame.shape}"
+            f"{uri}: model {spec.name!r} has no built-in labels; give a vidbatch checkpoint "
+            "(.safetensors with labels in its metadata)"
         )
-    return frame
+    return labels
 
 
-def _set_limits(module: nn.Module, min_score: float, max_detections: int) -> None:
-    """Push the caller's limits into torchvision's postprocessing (before NMS and top-k).
+def load_torchvision_detector(
+    spec: ModelSpec,
+    weights: str | None,
+    storage_options: Mapping[str, Any] | None,
+    device: torch.device,
+) -> Detector:
+    """The family's loader: a vidbatch checkpoint, torchvision weights by name or state dict,
+    or random init."""
+    data, uri, labels = _weights(spec, weights, storage_options)
+    if _is_checkpoint(data, uri):
+        module, meta = build_from_checkpoint(spec, data, uri)
+        return _detector(spec, module, weights_version(data), meta.labels, meta.arch, device, meta)
+    labels = _labels(spec, labels, uri)
+    module = spec.builder(num_classes=len(labels), clip=None)
+    if data:  # empty: weights "random"
+        fit_torchvision_state(module, read_state_dict(data, uri), uri)
+    version = weights_version(data) if data else RANDOM_WEIGHTS
+    return _detector(spec, module, version, labels, {}, device)
 
-    Every torchvision detector keeps `score_thresh` / `detections_per_img`, on itself or on
-    `roi_heads` (Faster R-CNN); without this a lower `min_score` than its default would be lost.
-    """
-    target = getattr(module, "roi_heads", module)
-    if hasattr(target, "score_thresh"):
-        # torchvision keeps scores > thresh; min_score is inclusive, checked exactly afterwards.
-        target.score_thresh = float(min_score) - 1e-6
-    if hasattr(target, "detections_per_img"):
-        target.detections_per_img = int(max_detections)
+
+def describe_torchvision_detector(
+    spec: ModelSpec, weights: str | None, storage_options: Mapping[str, Any] | None
+) -> ModelInfo:
+    """The same identity from the checkpoint header or torchvision's record, nothing built."""
+    data, uri, labels = _weights(spec, weights, storage_options)
+    arch: Mapping[str, Any] = {}
+    if _is_checkpoint(data, uri):
+        meta = checkpoint_meta(data, uri, spec)
+        labels, arch = meta.labels, meta.arch
+    return ModelInfo(
+        name=spec.name,
+        family=spec.family,
+        task=spec.task,
+        version=weights_version(data) if data else RANDOM_WEIGHTS,
+        labels=_labels(spec, labels, uri),
+        frame=_frame(spec, arch),
+        weights_shipped=weights is None and spec.weights_shipped,
+    )
+
+
+def _frame(spec: ModelSpec, arch: Mapping[str, Any]) -> FrameSpec | None:
+    size = arch.get("size", spec.arch_defaults().get("size"))
+    return FrameSpec(size=int(size)) if size else None
+
+
+def _detector(
+    spec: ModelSpec,
+    module: nn.Module,
+    version: str,
+    labels: Sequence[str],
+    arch: Mapping[str, Any],
+    device: torch.device,
+    meta: CheckpointMeta | None = None,
+) -> Detector:
+    return Detector(
+        name=spec.name,
+        family=spec.family,
+        module=module,
+        version=version,
+        labels=labels,
+        frame=_frame(spec, arch),
+        device=device,
+        meta=meta,
+    )
 
 
 # ---------------------------------------------------------------- torchvision zoo
 
 
 def _zoo(name: str, build: Callable[..., nn.Module], summary: str) -> Callable[..., nn.Module]:
-    """Register one zoo model: built with no weights at all, so nothing is ever downloaded."""
+    """Register one zoo model: built without weights; its weights come by name or file."""
 
     def builder(
         *, num_classes: int = len(COCO_CATEGORIES), clip: ClipSpec | None = None
@@ -190,9 +194,16 @@ def _zoo(name: str, build: Callable[..., nn.Module], summary: str) -> Callable[.
         return build(weights=None, weights_backbone=None, num_classes=num_classes)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{summary}; COCO labels; weights: a torchvision state dict (.pth) you give."
-    _LABELS[name] = COCO_CATEGORIES
-    return register_model(name, family=FAMILY, task="detect")(builder)
+    builder.__doc__ = f"{summary}; COCO labels."
+    return register_model(
+        name,
+        family=FAMILY,
+        task="detect",
+        loader=load_torchvision_detector,
+        describer=describe_torchvision_detector,
+        labels=COCO_CATEGORIES,
+        weights_by_name=True,
+    )(builder)
 
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
@@ -267,12 +278,6 @@ class TinyFPNBackbone(nn.Module):
         return self.fpn(OrderedDict(p3=c3, p4=c4, p5=c5))
 
 
-@register_model(
-    "synth-detector",
-    family=FAMILY,
-    task="detect",
-    default_weights=asset_path("synth-detector.safetensors"),
-)
 def synth_detector(
     *,
     num_classes: int,
@@ -304,78 +309,15 @@ def synth_detector(
     )
 
 
-_LABELS["synth-detector"] = SHAPES
-
-
-# ---------------------------------------------------------------- loading
-
-
-@register_loader(FAMILY)
-def load_torchvision_detector(
-    spec: ModelSpec, data: bytes, uri: str, device: torch.device
-) -> Detector:
-    """The family's loader: a vidbatch checkpoint, a torchvision state dict, or random init."""
-    if uri == RANDOM_WEIGHTS:
-        labels = _default_labels(spec, uri)
-        module = spec.builder(num_classes=len(labels), clip=None)
-        return _detector(spec, module, RANDOM_WEIGHTS, labels, {}, device)
-    if uri.endswith(".safetensors") or _looks_like_safetensors(data):
-        state, meta = parse_checkpoint(data, uri)
-        if meta.family != spec.family or meta.task != spec.task:
-            raise ValueError(
-                f"{uri}: checkpoint is a {meta.family!r} {meta.task!r} model ({meta.name}), "
-                f"but {spec.name!r} is a {spec.family!r} {spec.task!r} model"
-            )
-        try:
-            check_arch(spec, meta.arch)
-            module = spec.builder(num_classes=len(meta.labels), clip=None, **meta.arch)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{uri}: cannot build {spec.name!r} from its arch args ({exc})"
-            ) from None
-        fit_state_dict(module, state, uri)
-        version = weights_version(data)
-        return _detector(spec, module, version, meta.labels, meta.arch, device, meta)
-    labels = _default_labels(spec, uri)
-    module = spec.builder(num_classes=len(labels), clip=None)
-    fit_torchvision_state(module, read_state_dict(data, uri), uri)
-    return _detector(spec, module, weights_version(data), labels, {}, device)
-
-
-def _default_labels(spec: ModelSpec, uri: str) -> tuple[str, ...]:
-    try:
-        return _LABELS[spec.name]
-    except KeyError:
-        raise ValueError(
-            f"{uri}: model {spec.name!r} has no built-in labels; give a vidbatch checkpoint "
-            "(.safetensors with labels in its metadata)"
-        ) from None
-
-
-def _looks_like_safetensors(data: bytes) -> bool:
-    return len(data) > 9 and data[8:9] == b"{"
-
-
-def _detector(
-    spec: ModelSpec,
-    module: nn.Module,
-    version: str,
-    labels: Sequence[str],
-    arch: Mapping[str, Any],
-    device: torch.device,
-    meta: CheckpointMeta | None = None,
-) -> Detector:
-    size = arch.get("size", spec.arch_defaults().get("size"))
-    return Detector(
-        name=spec.name,
-        family=spec.family,
-        module=module,
-        version=version,
-        labels=labels,
-        frame=FrameSpec(size=int(size)) if size else None,
-        device=device,
-        meta=meta,
-    )
+register_model(
+    "synth-detector",
+    family=FAMILY,
+    task="detect",
+    default_weights=asset_path("synth-detector.safetensors"),
+    loader=load_torchvision_detector,
+    describer=describe_torchvision_detector,
+    labels=SHAPES,
+)(synth_detector)
 
 
 __all__ = [

@@ -1,15 +1,15 @@
-"""Models ready for the pipeline: weights read once, preprocessing from the checkpoint.
+"""Models ready for the pipeline: weights read once, preprocessing from the weights' metadata.
 
-`load_model(name, weights)` looks the name up in the registry, then hands the weights to the
-loader registered for the model's family. vidbatch's own families share the safetensors loader
-below; the torchvision zoo (`.pth` via `torch.load(weights_only=True)`, labels from torchvision's
-metadata) and user `module:factory` models add a loader with `@register_loader(family)` and
-return the same kind of object (`Classifier`, or a `Detector` for task "detect").
+Every loaded model is a `LoadedModel` (name, family, version, labels, device, batch size) of one
+task: `Classifier` (clips -> class probabilities), `Detector` (frames -> boxes) or, in
+`vidbatch.models.shots`, `ShotDetector` (every frame -> transition probabilities). Each family's
+loader (on its `ModelSpec`) returns one of them. The loader and describer of vidbatch's own
+checkpoint families (cnn, rnn, transformer) live here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -18,30 +18,16 @@ import torch
 from torch import nn
 
 from vidbatch.models.checkpoint import (
+    METADATA_KEY,
     CheckpointMeta,
     fit_state_dict,
     parse_checkpoint,
-    read_bytes,
+    parse_header,
     weights_version,
 )
-from vidbatch.models.common import clips_to_tensor
-from vidbatch.models.registry import ModelSpec, check_arch, get_model_spec
-from vidbatch.specs import ClipSpec
-
-Loader = Callable[[ModelSpec, bytes, str, torch.device], Any]
-RANDOM_WEIGHTS = "random"  # untrained weights, for tests: the loader receives empty bytes
-_LOADERS: dict[str, Loader] = {}
-
-
-def register_loader(*families: str) -> Callable[[Loader], Loader]:
-    """Decorator: `loader(spec, weights_bytes, weights_uri, device)` for these families."""
-
-    def wrap(loader: Loader) -> Loader:
-        for family in families:
-            _LOADERS[family] = loader
-        return loader
-
-    return wrap
+from vidbatch.models.common import clips_to_tensor, to_device
+from vidbatch.models.spec import ModelInfo, ModelSpec, check_arch, weights_bytes
+from vidbatch.specs import ClipSpec, FrameSpec
 
 
 def default_device() -> str:
@@ -79,8 +65,8 @@ class LoadedModel:
 class Classifier(LoadedModel):
     """A clip classifier: uint8 RGB clips in, class probabilities out.
 
-    Normalization, clip spec and labels come from the checkpoint, so inference preprocesses
-    exactly as training did.
+    Normalization, clip spec and labels come from the weights' metadata, so inference
+    preprocesses exactly as training did.
     """
 
     task = "classify"
@@ -133,53 +119,142 @@ class Classifier(LoadedModel):
         return out
 
 
-def load_model(
-    name: str,
-    weights: str | None = None,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    device: str | None = None,
-) -> Any:
-    """A registered model (a Classifier or a Detector) with its weights (the spec's shipped default when `weights` is None).
+class Detector(LoadedModel):
+    """An object detector: uint8 RGB frames in, normalized boxes, scores and labels out.
 
-    Unknown names, wrong or mismatched weights are one-line ValueErrors naming the model or the
-    file; a missing file is FileNotFoundError naming it.
+    The module is a torchvision-style detector: a list of float (3, H, W) images in 0..1 in,
+    one dict per image out with `boxes` (pixels, x1 y1 x2 y2), `scores` and `labels` (indices
+    into `labels`). `frame` is the input size the model was trained at (longer side), or None
+    when the model resizes any frame itself and the job's frame size is as good as any.
     """
-    from vidbatch.models.custom import custom_spec, is_custom_name
 
-    spec = custom_spec(name) if is_custom_name(name) else get_model_spec(name)
-    uri = weights if weights is not None else spec.default_weights
-    if uri is None and spec.family != "custom":  # a factory's own parameters are its weights
-        raise ValueError(
-            f"model {name!r} needs weights: a file or URI (a torchvision state dict for zoo "
-            f"models), or {RANDOM_WEIGHTS!r} for an untrained model (tests only)"
+    task = "detect"
+    batch_sizes = (16, 4)
+
+    def __init__(self, *, module: nn.Module, frame: FrameSpec | None, **identity: Any) -> None:
+        super().__init__(**identity)
+        self.frame = frame
+        self.module = module.to(self.device).eval()
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({self.name!r}, family={self.family!r}, version={self.version!r}, "
+            f"labels={len(self.labels)}, frame={self.frame}, device={str(self.device)!r})"
         )
-    loader = _LOADERS.get(spec.family)
-    if loader is None:
-        raise ValueError(f"model {name!r}: no weights loader for family {spec.family!r}")
-    data = b"" if uri in (None, RANDOM_WEIGHTS) else read_bytes(uri, storage_options)
-    return loader(spec, data, uri or "", torch.device(device or default_device()))
+
+    def detect(
+        self, frames: Sequence[np.ndarray] | np.ndarray, *, min_score: float, max_detections: int
+    ) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Per frame: (boxes (K, 4) float32 x1,y1,x2,y2 in 0..1 of that frame, scores (K,), labels).
+
+        Detections are sorted by score, at least `min_score`, at most `max_detections`.
+        """
+        frames = [_check_frame(self.name, f) for f in frames]
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        _set_limits(self.module, min_score, max_detections)
+        cuda = self.device.type == "cuda"
+        # float16 as torchvision's detection references train with; boxes come back as float32.
+        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
+        out: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        with torch.inference_mode(), autocast:
+            for i in range(0, len(frames), self.batch_size):
+                chunk = frames[i : i + self.batch_size]
+                images = [frames_to_tensor(f, self.device) for f in chunk]
+                for frame, found in zip(chunk, self.module(images), strict=True):
+                    out.append(self._rows(frame, found, min_score, max_detections))
+        return out
+
+    def _rows(
+        self, frame: np.ndarray, found: Mapping[str, torch.Tensor], min_score: float, limit: int
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        scores = found["scores"].float().cpu().numpy()
+        order = np.argsort(-scores, kind="stable")
+        order = order[scores[order] >= min_score][:limit]
+        height, width = frame.shape[:2]
+        scale = np.array([width, height, width, height], np.float32)
+        boxes = found["boxes"].float().cpu().numpy()[order] / scale
+        ids = found["labels"].cpu().numpy()[order]
+        names = [self.labels[i] if 0 <= i < len(self.labels) else str(i) for i in ids.tolist()]
+        return np.clip(boxes, 0.0, 1.0).astype(np.float32), scores[order].astype(np.float32), names
 
 
-@register_loader("cnn", "rnn", "transformer")
-def _load_vidbatch_checkpoint(
-    spec: ModelSpec, data: bytes, uri: str, device: torch.device
-) -> Classifier:
-    """vidbatch's own families: safetensors + JSON metadata, built from the recorded arch."""
+def frames_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> float (3, H, W) in 0..1, what torchvision detectors take.
+
+    Training goes through this too; the model's own transform does resizing and normalization.
+    """
+    x = to_device(np.ascontiguousarray(frame), device)
+    return x.permute(2, 0, 1).float().div_(255.0)
+
+
+def _check_frame(name: str, frame: np.ndarray) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+        raise ValueError(
+            f"model {name!r} expects uint8 RGB frames (H, W, 3), got {frame.dtype} {frame.shape}"
+        )
+    return frame
+
+
+def _set_limits(module: nn.Module, min_score: float, max_detections: int) -> None:
+    """Push the caller's limits into torchvision's postprocessing (before NMS and top-k).
+
+    Every torchvision detector keeps `score_thresh` / `detections_per_img`, on itself or on
+    `roi_heads` (Faster R-CNN); without this a lower `min_score` than its default would be lost.
+    """
+    target = getattr(module, "roi_heads", module)
+    if hasattr(target, "score_thresh"):
+        # torchvision keeps scores > thresh; min_score is inclusive, checked exactly afterwards.
+        target.score_thresh = float(min_score) - 1e-6
+    if hasattr(target, "detections_per_img"):
+        target.detections_per_img = int(max_detections)
+
+
+# ---------------------------------------------------------------- vidbatch checkpoints
+
+
+def checkpoint_meta(data: bytes, uri: str, spec: ModelSpec) -> CheckpointMeta:
+    """The metadata of a vidbatch checkpoint (header only), checked against the spec."""
+    metadata = parse_header(data, uri).get("__metadata__") or {}
+    if METADATA_KEY not in metadata:
+        raise ValueError(
+            f"{uri}: safetensors file without {METADATA_KEY!r} metadata (not a vidbatch checkpoint)"
+        )
+    meta = CheckpointMeta.from_json(metadata[METADATA_KEY], uri)
+    if meta.family != spec.family or meta.task != spec.task:
+        raise ValueError(
+            f"{uri}: checkpoint is family {meta.family!r}, task {meta.task!r} ({meta.name}), "
+            f"but model {spec.name!r} is family {spec.family!r}, task {spec.task!r}"
+        )
+    return meta
+
+
+def build_from_checkpoint(
+    spec: ModelSpec, data: bytes, uri: str
+) -> tuple[nn.Module, CheckpointMeta]:
+    """The spec's module built from the checkpoint's arch args, with its weights."""
+    checkpoint_meta(data, uri, spec)
     state, meta = parse_checkpoint(data, uri)
-    if meta.family != spec.family:
-        raise ValueError(
-            f"{uri}: checkpoint is family {meta.family!r} ({meta.name}), "
-            f"but model {spec.name!r} is family {spec.family!r}"
-        )
-    if meta.task != spec.task:
-        raise ValueError(f"{uri}: checkpoint task {meta.task!r} != model task {spec.task!r}")
+    clip = meta.clip if spec.task == "classify" else None  # detectors see single frames
     try:
         check_arch(spec, meta.arch)
-        module = spec.builder(num_classes=len(meta.labels), clip=meta.clip, **meta.arch)
+        module = spec.builder(num_classes=len(meta.labels), clip=clip, **meta.arch)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{uri}: cannot build {spec.name!r} from its arch args ({exc})") from None
     fit_state_dict(module, state, uri)
+    return module, meta
+
+
+def load_checkpoint_classifier(
+    spec: ModelSpec,
+    weights: str | None,
+    storage_options: Mapping[str, Any] | None,
+    device: torch.device,
+) -> Classifier:
+    """vidbatch's own families: safetensors + JSON metadata, built from the recorded arch."""
+    data, uri = weights_bytes(spec, weights, storage_options)
+    module, meta = build_from_checkpoint(spec, data, uri)
     return Classifier(
         name=spec.name,
         family=spec.family,
@@ -191,4 +266,21 @@ def _load_vidbatch_checkpoint(
         std=meta.std,
         device=device,
         meta=meta,
+    )
+
+
+def describe_checkpoint_classifier(
+    spec: ModelSpec, weights: str | None, storage_options: Mapping[str, Any] | None
+) -> ModelInfo:
+    """The same identity from the checkpoint's header, without building the module."""
+    data, uri = weights_bytes(spec, weights, storage_options)
+    meta = checkpoint_meta(data, uri, spec)
+    return ModelInfo(
+        name=spec.name,
+        family=spec.family,
+        task=spec.task,
+        version=weights_version(data),
+        labels=meta.labels,
+        clip=meta.clip,
+        weights_shipped=weights is None and spec.weights_shipped,
     )

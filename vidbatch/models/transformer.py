@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vidbatch.models.common import Background, FrameEncoder, Summary
+from vidbatch.models.loaded import describe_checkpoint_classifier, load_checkpoint_classifier
 from vidbatch.models.registry import asset_path, register_model
 from vidbatch.specs import ClipSpec
 
@@ -86,6 +87,8 @@ class FrameTransformer(nn.Module):
     family="transformer",
     task="classify",
     default_weights=asset_path("motion-transformer.safetensors"),
+    loader=load_checkpoint_classifier,
+    describer=describe_checkpoint_classifier,
 )
 def motion_transformer(
     *,

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from vidbatch.models import Classifier, get_model, get_model_spec, list_models, register_model
+from vidbatch.models import (
+    Classifier,
+    get_model,
+    get_model_spec,
+    list_models,
+    load_model,
+    register_model,
+)
 from vidbatch.models.common import KINETICS_MEAN, KINETICS_STD, param_count
 from vidbatch.models.registry import FAMILIES, TASKS
 from vidbatch.specs import ClipSpec
@@ -69,13 +76,18 @@ def test_predict_returns_probabilities(spec):
         model.predict(clips[:, :4])
 
 
-def test_unknown_model_is_one_line_listing_known_names():
+def test_unknown_model_is_one_line_suggesting_the_closest_name():
     with pytest.raises(ValueError) as info:
         get_model_spec("motion-lstm")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("unknown model 'motion-lstm'; known: ")
-    assert "motion-rnn" in message
+    assert message.startswith("unknown model 'motion-lstm'; did you mean 'motion-rnn'?")
+    assert "motion-cnn" not in message  # a suggestion, not the whole list
+    with pytest.raises(ValueError) as info:
+        get_model_spec("zzzz")
+    assert "did you mean" not in str(info.value) and "vidbatch models" in str(info.value)
+    with pytest.raises(ValueError, match="did you mean 'transnetv2'"):
+        load_model("transnet-v2")
 
 
 def test_unknown_arch_arg_is_rejected():
