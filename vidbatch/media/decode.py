@@ -262,11 +262,12 @@ def decode_samples(
         info = info or _info(container, stream)
         collect = _Collector(stream, info, requests, frame_spec, shots, shot_range, out)
         tolerance = frame_spec.max_offset_s if frame_spec is not None else 0.0
-        if mode != "all" and stream.time_base:
+        if mode != "all" and stream.time_base and container.format.name not in _UNTIMED:
             try:
                 _decode_planned(container, stream, collect, mode, tolerance)
-            except _NoTimestamps:  # packets without timestamps: decode straight through
+            except _NoTimestamps:  # raw streams, some AVI: decode straight through instead
                 collect.reset()
+                container.seek(stream.start_time or 0, stream=stream, backward=True)
                 _decode_in_order(container, stream, collect, mode)
         else:
             _decode_in_order(container, stream, collect, mode)
@@ -284,7 +285,8 @@ def decode_samples(
 
 
 class _NoTimestamps(Exception):
-    """A packet without pts or dts: packet planning needs both."""
+    """Packets without presentation times (or without decode times, beyond a Matroska file's
+    first few): packet planning needs them."""
 
 
 class _Collector:
@@ -317,8 +319,7 @@ class _Collector:
         self.shot_list: list[tuple[float, np.ndarray]] = []
         self.shot_pts: set[int] = set()
         self.used: set[int] = set()
-        self.last_shown = -math.inf  # the latest frame's time
-        self.last_duration = 0.0
+        self.last_shown = -math.inf  # the latest frame's time (for error messages)
         self.out.frames_decoded = 0
         self._cached: tuple[int, dict[Any, np.ndarray]] = (-1, {})
 
@@ -339,11 +340,7 @@ class _Collector:
     def decoded(self, frame: Any) -> None:
         self.out.frames_decoded += 1
         if frame.pts is not None:
-            t = self.seconds(frame.pts)
-            if t >= self.last_shown:
-                self.last_shown = t
-                duration = float(frame.duration * self.time_base) if frame.duration else 0.0
-                self.last_duration = duration
+            self.last_shown = max(self.last_shown, self.seconds(frame.pts))
 
     def put(self, frame: Any, request: int) -> None:
         """The picture `frame` is what request `request` shows."""
@@ -355,7 +352,8 @@ class _Collector:
             self.buffers[key] = np.empty((self.counts[key], *array.shape), np.uint8)
         self.buffers[key][index] = array
         if key is self.frame_spec:
-            self.frame_shown[index] = max(0.0, self.seconds(frame.pts)) if frame.pts else 0.0
+            shown = self.seconds(frame.pts) if frame.pts is not None else 0.0
+            self.frame_shown[index] = max(0.0, shown)
         self.done[request] = True
 
     def put_shot(self, frame: Any) -> None:
@@ -376,10 +374,7 @@ class _Collector:
         if key not in cache:
             # The display matrix rides on decoded frames; the picture is stored unrotated.
             rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-            if isinstance(key, ShotSpec):
-                shape = (key.height, key.width)  # as shown, aspect not kept
-            else:
-                shape = _output_shape(key, frame.width, frame.height, rotation)
+            shape = _output_shape(key, frame.width, frame.height, rotation)
             cache[key] = _convert(frame, shape, rotation)
         return cache[key]
 
@@ -415,11 +410,15 @@ class _Collector:
             )
 
 
+# AVI stores no presentation times: FFmpeg numbers its packets in decode order, so packet
+# planning would pick neighbours of B-frames; the decoder's own reordering is the only truth.
+_UNTIMED = {"avi"}
 # Decoders whose skip_frame NONREF drops only pictures nothing references (checked to the
 # frame against decoding everything in tests/unit/media/test_gop_decode.py).
 _NONREF_SAFE = {"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4"}
 _SEEK_MIN_S = 2.0  # a gap shorter than this (or than two keyframe intervals) is demuxed through
 _SEEK_TRIES = 5
+_NO_DTS_MAX = 16  # Matroska leaves the first packets' dts unset; past this, give up planning
 
 
 def _decode_planned(
@@ -456,7 +455,7 @@ def _decode_planned(
     target = planner.needed_from
     one_second = max(1, round(1 / tb))
     seek_to = target if target > start else None
-    tries, may_seek, eof, horizon_before = 0, True, False, -math.inf
+    tries, may_seek, eof, horizon_before, no_dts = 0, True, False, -math.inf, 0
     try:
         while True:
             landing = seek_to is not None
@@ -473,6 +472,10 @@ def _decode_planned(
                     raise _NoTimestamps()
                 if packet.is_corrupt:
                     continue  # cut short (a truncated file's last packet): not decodable
+                if packet.dts is None:
+                    no_dts += 1
+                    if no_dts > _NO_DTS_MAX:
+                        raise _NoTimestamps()
                 if landing and packet.is_keyframe:
                     landing = False
                     needed = planner.needed_from

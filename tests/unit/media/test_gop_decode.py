@@ -219,3 +219,15 @@ def test_footage_is_what_it_says(footage):
     assert info.fps == pytest.approx(24) and info.duration_s == pytest.approx(12, abs=0.05)
     keys = gop_media.keyframe_times(footage[48, True])
     assert keys == pytest.approx([0, 2, 4, 6, 8, 10])
+
+
+def test_a_container_without_presentation_times_is_decoded_straight_through(tmp_path):
+    """AVI numbers packets in decode order (no B-frame reordering): seek mode must give what
+    decoding everything gives, not neighbours picked from packet numbers."""
+    path = gop_media.gop_counter(tmp_path / "b.avi", seconds=6, gop=50, format="avi")
+    times = [0.0, 1.0, 2.5, 3.3, 5.0]
+    seek, every = (
+        decode_samples(str(path), frame_spec=FrameSpec(1, 160), frame_times=times, mode=mode)
+        for mode in ("seek", "all")
+    )
+    assert np.array_equal(seek.frames, every.frames)
