@@ -86,12 +86,13 @@ def _main_video_stream(container: Any) -> Any:
 def probe(uri: str, storage_options: Mapping[str, Any] | None = None) -> VideoInfo:
     """Read duration, rate, size and codec from the container header (end checked on packets)."""
     with open_video(uri, storage_options, stage="probe") as (container, stream):
-        return _info(container, stream, measure=True)
+        return _info(container, stream, measure=True, rewind=False)
 
 
-def _info(container: Any, stream: Any, *, measure: bool = False) -> VideoInfo:
+def _info(container: Any, stream: Any, *, measure: bool = False, rewind: bool = True) -> VideoInfo:
     """`measure` checks the header's end against the last packets; without it, only headers
-    without a per-stream duration (Matroska, WebM, FLV ...) are checked."""
+    without a per-stream duration (Matroska, WebM, FLV ...) are checked. `rewind`: go back to
+    the start after that check (decoding goes on from there; probing does not)."""
     if container.format.name.endswith("_pipe") or container.format.name == "image2":
         # FFmpeg opens a lone JPEG/PNG (whatever its extension) as a one-frame stream.
         raise StageError("probe", f"a still image ({container.format.name}), not a video")
@@ -111,7 +112,7 @@ def _info(container: Any, stream: Any, *, measure: bool = False) -> VideoInfo:
     if duration <= 0 and stream.frames and fps:
         duration = stream.frames / fps
     if tb and (measure or not stream.duration):
-        duration = _checked_duration(container, stream, start_s, duration, fps)
+        duration = _checked_duration(container, stream, start_s, duration, fps, rewind)
     if duration <= 0:
         raise StageError("probe", "video stream has no duration (no frames or broken index)")
     if not ctx.width or not ctx.height:
@@ -131,7 +132,7 @@ def _container_start(container: Any) -> float:
 
 
 def _checked_duration(
-    container: Any, stream: Any, start_s: float, header: float, fps: float
+    container: Any, stream: Any, start_s: float, header: float, fps: float, rewind: bool
 ) -> float:
     """The video's duration from where its packets end, when the header is not to be trusted.
 
@@ -143,7 +144,7 @@ def _checked_duration(
     """
     tol = 0.02 + (1.5 / fps if fps else 0.0)
     header_end = start_s + header if header > 0 else None
-    video_end, any_end = _packet_ends(container, stream, header_end, fps)
+    video_end, any_end = _packet_ends(container, stream, header_end, fps, rewind)
     if video_end is None:
         return header
     measured = video_end - start_s
@@ -159,34 +160,56 @@ def _checked_duration(
 
 
 def _packet_ends(
-    container: Any, stream: Any, hint_end: float | None, fps: float
+    container: Any, stream: Any, hint_end: float | None, fps: float, rewind: bool
 ) -> tuple[float | None, float | None]:
-    """(end of the video packets, end of any stream's packets) in seconds, from the last video
-    keyframe before `hint_end` to EOF: demuxing only, no decoding. The position is rewound."""
+    """(end of the video packets, end of any stream's packets) in seconds: demuxing only, no
+    decoding, from the packet about a second before `hint_end` to EOF (any packet, not the
+    keyframe before it: the last packets settle the end, and reading a whole 10 s GOP for that
+    is waste); when nothing is there (a header that overstates: Matroska end times), from the
+    last keyframe before the hint, or the last one at all. With `rewind` the position goes
+    back to the start."""
+    tb = stream.time_base
+    ends: tuple[float | None, float | None] = (None, None)
+    try:
+        if hint_end is not None:
+            ends = _ends_from(container, stream, max(hint_end - _TAIL_S, 0.0) / tb, fps, True)
+        if ends[0] is None:
+            target = hint_end if hint_end is not None else 1e7  # past any end: the last keyframe
+            ends = _ends_from(container, stream, target / tb, fps, False)
+    except (av.FFmpegError, OSError, EOFError):
+        ends = (None, None)  # an unreadable tail: the header stands, decoding will judge
+    finally:
+        if rewind:
+            try:
+                container.seek(stream.start_time or 0, stream=stream, backward=True)
+            except (av.FFmpegError, OSError, EOFError):
+                pass
+    return ends
+
+
+def _ends_from(
+    container: Any, stream: Any, target: float, fps: float, any_frame: bool
+) -> tuple[float | None, float | None]:
     tb = stream.time_base
     video_end = any_end = None
-    target = hint_end if hint_end is not None else 1e7  # past any end: the last keyframe
-    try:
-        container.seek(int(target / tb), stream=stream, backward=True)
-        for packet in container.demux():
-            if packet.pts is None or packet.stream.time_base is None:
-                continue
-            span = packet.duration or 0
-            if packet.stream.index == stream.index and fps:
-                # With B-frames a packet's duration is its dts step, not how long it is shown.
-                span = min(span, 1 / (fps * tb)) if span else 1 / (fps * tb)
-            end = float((packet.pts + span) * packet.stream.time_base)
-            if packet.stream.index == stream.index:
-                video_end = end if video_end is None else max(video_end, end)
-            any_end = end if any_end is None else max(any_end, end)
-    except (av.FFmpegError, OSError, EOFError):
-        return None, None  # an unreadable tail: the header stands, decoding will judge
-    finally:
-        try:
-            container.seek(stream.start_time or 0, stream=stream, backward=True)
-        except (av.FFmpegError, OSError, EOFError):
-            pass
+    container.seek(int(target), stream=stream, backward=True, any_frame=any_frame)
+    for packet in container.demux():
+        if packet.pts is None or packet.stream.time_base is None:
+            continue
+        span = packet.duration or 0
+        if packet.stream.index == stream.index and fps:
+            # With B-frames a packet's duration is its dts step, not how long it is shown.
+            span = min(span, 1 / (fps * tb)) if span else 1 / (fps * tb)
+        end = float((packet.pts + span) * packet.stream.time_base)
+        if packet.stream.index == stream.index:
+            video_end = end if video_end is None else max(video_end, end)
+        any_end = end if any_end is None else max(any_end, end)
     return video_end, any_end
+
+
+# Packets read before the header's end to find where the video ends: more than any decoder's
+# reorder window (the latest-shown packet is among the last few decoded).
+_TAIL_S = 1.0
 
 
 @dataclass
