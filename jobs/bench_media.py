@@ -26,6 +26,7 @@ import numpy as np
 
 from vidbatch.job.plan import clip_starts, frame_times
 from vidbatch.media.decode import clip_frame_times
+from vidbatch.media.footage import write_footage
 from vidbatch.media.synth import write_keyframed
 from vidbatch.specs import ClipSpec, FrameSpec
 
@@ -118,6 +119,39 @@ def get_video(
     """The cached video for these parameters, encoded on first use."""
     path = root / video_name(seconds, width, height, keyint, seed)
     return make_video(path, seconds=seconds, width=width, height=height, keyint=keyint, seed=seed)
+
+
+def footage_name(
+    seconds: float, width: int, height: int, keyint: int, seed: int, open_gop: bool
+) -> str:
+    gop = "open" if open_gop else "closed"
+    return f"footage-{width}x{height}-{seconds:g}s-k{keyint}-{gop}-s{seed}.mp4"
+
+
+def get_footage(
+    root: Path,
+    seconds: float,
+    width: int = 1280,
+    height: int = 720,
+    *,
+    keyint: int = 60,
+    seed: int = 0,
+    open_gop: bool = False,
+) -> Path:
+    """Cached real-looking footage (vidbatch.media.footage): 30 fps, x264 veryfast crf 23,
+    3 B-frames, a keyframe exactly every `keyint` frames."""
+    path = root / footage_name(seconds, width, height, keyint, seed, open_gop)
+    if not path.exists():
+        write_footage(
+            path,
+            seconds=seconds,
+            width=width,
+            height=height,
+            keyint=keyint,
+            seed=seed,
+            open_gop=open_gop,
+        )
+    return path
 
 
 def make_irregular(path: Path, *, seconds: float, keys: tuple[float, ...], fps: int = 30) -> Path:

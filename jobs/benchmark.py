@@ -3,6 +3,7 @@
     python jobs/benchmark.py                 # every section, full size (about 25 min on 2 cores)
     python jobs/benchmark.py --quick         # smoke run on small files (once media are cached)
     python jobs/benchmark.py --only decode --only memory
+    python jobs/benchmark.py --only realistic  # issue 14: real-looking archive, side by side
 
 Media are generated with PyAV into --cache (default .bench-cache/, git-ignored by its own
 .gitignore). No figure is hard-coded: every ratio comes from numbers measured in this run.
@@ -32,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_media as media  # noqa: E402
+import bench_realistic  # noqa: E402
 
 from vidbatch.config import Resources  # noqa: E402
 from vidbatch.job.plan import clip_starts, frame_times, in_segment, plan_segments  # noqa: E402
-from vidbatch.job.stages import DecodeStage, WorkUnit  # noqa: E402
 from vidbatch.media.decode import decode_samples, probe  # noqa: E402
 from vidbatch.media.isolation import worker_sandbox  # noqa: E402
 from vidbatch.specs import ClipSpec, FrameSpec  # noqa: E402
@@ -105,6 +106,8 @@ def machine() -> str:
 
 def work_units(path: Path, segment_seconds: float, clips: tuple[ClipSpec, ...]) -> list[dict]:
     """The rows the job plans for one video (probe + plan_segments), as DecodeStage takes them."""
+    from vidbatch.job.stages import WorkUnit
+
     duration = probe(str(path)).duration_s
     segs = plan_segments(duration, segment_seconds, clips)
     return [
@@ -122,6 +125,8 @@ def two_files(root: Path, sc: Scale) -> list[Path]:
 
 def run_stage(rows: list[dict], clips: tuple[ClipSpec, ...], frames: FrameSpec | None, mode: str):
     """(frames decoded, frames used, seconds) of vidbatch's DecodeStage over work units."""
+    from vidbatch.job.stages import DecodeStage
+
     # Isolated, as the job decodes (a child process per worker, made on the first call).
     stage = DecodeStage(clips, frames, {}, mode=mode, timeout_s=Resources().decode_timeout_s)
     decoded, used = 0, 0
@@ -274,6 +279,8 @@ def section_amplification(root: Path, sc: Scale) -> None:
 
 def section_read_videos(root: Path, sc: Scale) -> None:
     import ray.data
+
+    from vidbatch.job.stages import DecodeStage
 
     files = [
         media.get_video(root, sc.seconds, sc.width, sc.height, keyint=30, seed=10 + i)
@@ -450,6 +457,15 @@ def section_inference(root: Path, sc: Scale) -> None:
     ROWS.append(Row("inference: GPU utilization", gpu))
 
 
+def section_realistic(root: Path, sc: Scale) -> None:
+    bench_realistic.section(root, sc, say, record)
+
+
+def section_realistic_decode(root: Path, sc: Scale) -> None:
+    """The realistic section without its end-to-end (Ray) part."""
+    bench_realistic.section(root, sc, say, record, end_to_end=False)
+
+
 SECTIONS: dict[str, Callable[[Path, Scale], None]] = {
     "decode": section_decode,
     "amplification": section_amplification,
@@ -457,6 +473,8 @@ SECTIONS: dict[str, Callable[[Path, Scale], None]] = {
     "long": section_long,
     "memory": section_memory,
     "inference": section_inference,
+    "realistic": section_realistic,
+    "realistic-decode": section_realistic_decode,
 }
 
 

@@ -35,7 +35,7 @@ Action = tuple[str, Any]  # (FEED | REFS | DROP, packet) or (RESTART, None) befo
 # Packets not needed are held while a keyframe may still make them droppable; past these
 # bounds they are fed (decoding them is never wrong, only slower).
 HOLD_PACKETS = 4096
-HOLD_BYTES = 96 * 2**20
+HOLD_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
