@@ -42,8 +42,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class Resources:
     gpus_per_actor: float | str = "auto"
-    actors: int | str = "auto"
-    batch_size: int | str = "auto"
+    actors: int | str = "auto"  # inference actors
+    batch_size: int | str = "auto"  # inputs (clips or frames) per model forward pass
     decode_cpus: float = 1.0
     commit_every: int = 64  # videos per committed chunk: what a killed driver can lose
     # Probe and decode run in a child process with these deadlines (seconds; 0: in-process,
@@ -53,13 +53,28 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Checked while planning, before any decoding: a video over a limit is one failed row."""
+
+    max_video_hours: float = 24.0
+    max_segments_per_video: int = 2000
+    # A header whose duration implies less than this many bits per second of video is not
+    # believed (a 2 KB file cannot hold 24 hours).
+    min_bitrate_bps: float = 1000.0
+
+
+@dataclass(frozen=True)
 class JobConfig:
     source: Location
     output: Location
     models: tuple[ModelConfig, ...]
     sampling: Sampling = Sampling()
     resources: Resources = Resources()
+    limits: Limits = Limits()
     incremental: bool = True
+    max_retries: int = 3  # failed runs in a row on unchanged content before a video is left failed
+    prune: bool = False  # remove the rows of videos no longer at the source
+    compact: bool = False  # optimize and vacuum the tables after the run
     max_failed_fraction: float = 0.05
 
     def validate(self) -> JobConfig:
@@ -79,6 +94,16 @@ class JobConfig:
         for i, model in enumerate(self.models):
             if model.top_k < 1:
                 raise ConfigError(f"models[{i}].top_k: must be >= 1")
+        if self.max_retries < 0:
+            raise ConfigError("max_retries: must be >= 0")
+        limits = self.limits
+        if limits.max_video_hours <= 0 or limits.max_segments_per_video < 1:
+            raise ConfigError("limits: max_video_hours > 0 and max_segments_per_video >= 1 required")
+        if limits.min_bitrate_bps < 0:
+            raise ConfigError("limits.min_bitrate_bps: must be >= 0")
+        offset = self.sampling.frames.max_offset_s
+        if offset is not None and offset < 0:
+            raise ConfigError("sampling.frames.max_offset_s: must be >= 0 (or null: any keyframe)")
         if self.resources.commit_every < 1:
             raise ConfigError("resources.commit_every: must be >= 1")
         for key in ("probe_timeout_s", "decode_timeout_s"):

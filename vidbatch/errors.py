@@ -23,3 +23,7 @@ def describe(exc: BaseException) -> str:
     """One line for an error row: the exception type and its first line, never a traceback."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class IndexBusyError(RuntimeError):
+    """Another run holds the output's writer lease; one line naming the output and holder."""

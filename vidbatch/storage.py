@@ -32,19 +32,31 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import random
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fsspec.core import url_to_fs
 
 from vidbatch.errors import describe
 
-_SECRET_KEY = re.compile(r"secret|token|password|key|credential|session", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"secret|token|passw|key|credential|session|auth|connection|sas|signature",
+    re.IGNORECASE,
+)
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_USERINFO_SECRET = re.compile(r"://([^/@:\s]+):([^/@\s]+)@")
+# Query parameters that sign a URL (S3/GCS presigned, CloudFront, Azure SAS): never stored.
+_SIGNING_PARAMS = re.compile(
+    r"^(x-amz-.*|x-goog-.*|awsaccesskeyid|signature|expires|key-pair-id|policy|"
+    r"sig|se|sp|sv|sr|st|spr|skoid|sktid|skt|ske|sks|skv|token)$",
+    re.IGNORECASE,
+)
 _SIGNED_QUERY = re.compile(
     r"((?:X-Amz-(?:Credential|Signature|Security-Token)|AWSAccessKeyId|Signature)=)[^&\s\"']+",
     re.IGNORECASE,
@@ -152,11 +164,17 @@ def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
 
 
 def _secret_values(options: Any, key: str = "") -> list[str]:
+    """Every secret a set of storage_options holds, by key name (secret, token, Authorization,
+    connection_string ...) and by value (the password inside an endpoint URL)."""
     if isinstance(options, Mapping):
         return [v for k, item in options.items() for v in _secret_values(item, str(k))]
-    if isinstance(options, str) and len(options) >= 4 and _SECRET_KEY.search(key):
-        return [options]
-    return []
+    if isinstance(options, (list, tuple)):
+        return [v for item in options for v in _secret_values(item, key)]
+    if not isinstance(options, str) or len(options) < 4:
+        return []
+    found = [options] if _SECRET_KEY.search(key) else []
+    found += [password for _, password in _USERINFO_SECRET.findall(options) if len(password) >= 4]
+    return found
 
 
 def retrying(
@@ -267,13 +285,41 @@ def open_input(uri: str, storage_options: Mapping[str, Any] | None = None, **kwa
     return RetryingReader(handle, uri, storage_options)
 
 
+def normalize_uri(uri: str) -> str:
+    """One spelling per object: `s3://b//a.mp4` and `s3://b/./a.mp4` are `s3://b/a.mp4`; local
+    paths become absolute (a `file://` URI becomes its path)."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" not in uri:
+        return os.path.normpath(os.path.abspath(uri))
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() in ("http", "https"):
+        parts = urlsplit(uri)
+        path = posixpath.normpath(parts.path) if parts.path else ""
+        return urlunsplit((parts.scheme.lower(), parts.netloc, path, parts.query, ""))
+    return f"{scheme.lower()}://{posixpath.normpath(rest).lstrip('/')}"
+
+
+def public_uri(uri: str) -> str:
+    """The URI to store and show: no user:password, no URL-signing query parameters."""
+    uri = _URL_USERINFO.sub("", uri)
+    if "?" not in uri or not uri.lower().startswith(("http://", "https://")):
+        return uri  # elsewhere "?" is part of a file or key name
+    parts = urlsplit(uri)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    kept = [(k, v) for k, v in query if not _SIGNING_PARAMS.match(k)]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
+
+
 def redact(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """A copy of storage_options safe to print or record: secret-looking values hidden."""
 
     def clean(key: str, value: Any) -> Any:
         if isinstance(value, Mapping):
             return {k: clean(str(k), v) for k, v in value.items()}
-        return "***" if _SECRET_KEY.search(key) and value not in (None, "") else value
+        if _SECRET_KEY.search(key) and value not in (None, ""):
+            return "***"
+        return scrub(value) if isinstance(value, str) else value
 
     return {k: clean(str(k), v) for k, v in (storage_options or {}).items()}
 
@@ -288,6 +334,8 @@ __all__ = [
     "join",
     "local_path",
     "needs_folders",
+    "normalize_uri",
+    "public_uri",
     "open_input",
     "redact",
     "retrying",

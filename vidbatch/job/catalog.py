@@ -7,7 +7,7 @@ import io
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vidbatch.errors import ConfigError, describe
-from vidbatch.storage import StorageError, filesystem, retrying
+from vidbatch.storage import StorageError, filesystem, normalize_uri, public_uri, retrying
 
 VIDEO_EXTENSIONS = frozenset(
     "mp4 m4v mov mkv webm avi mpg mpeg ts mts m2ts flv wmv 3gp ogv y4m".split()
@@ -23,15 +23,23 @@ VIDEO_EXTENSIONS = frozenset(
 MANIFEST_EXTENSIONS = (".parquet", ".csv")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VideoRef:
-    """One listed video: where it is and what identifies its content."""
+    """One listed video: where it is and what identifies its content.
+
+    `uri` is what the index stores and shows: normalized, without user:password or signed-URL
+    parameters. `source` is what decoding opens (the URI as listed, credentials included)."""
 
     uri: str
     size_bytes: int
     etag: str | None = None
-    mtime: str | None = None
+    mtime: str | None = None  # ISO 8601 in UTC, whatever the driver's time zone
     error: str | None = None  # set when a manifest names a file that cannot be listed
+    source: str | None = None  # when it differs from `uri`
+
+    @property
+    def open_uri(self) -> str:
+        return self.source or self.uri
 
     @property
     def content_key(self) -> str:
@@ -61,6 +69,7 @@ def list_videos(
         raise ConfigError(f"source.uri: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"source.uri: cannot list {uri} ({describe(exc)})") from exc
+    refs = list({r.uri: r for r in refs}.values())  # one object under several spellings: once
     refs.sort(key=lambda r: r.uri)
     return refs[:limit] if limit is not None else refs
 
@@ -68,7 +77,13 @@ def list_videos(
 def _list(fs: Any, path: str, uri: str) -> list[VideoRef]:
     # A pattern, unless a folder or file has that very name (e.g. "shoots [2024]").
     if any(ch in path for ch in "*?[") and not fs.exists(path):
-        return [_ref(fs, p, info) for p, info in fs.glob(path, detail=True).items()]
+        found = fs.glob(path, detail=True).items()
+        # Only files, and not the manifests and label tables that often sit beside videos.
+        return [
+            _ref(fs, p, info)
+            for p, info in found
+            if info.get("type") == "file" and not p.lower().endswith(MANIFEST_EXTENSIONS)
+        ]
     if fs.isdir(path):
         found = fs.find(path, detail=True)
         return [_ref(fs, p, info) for p, info in found.items() if _is_video_name(p)]
@@ -88,16 +103,24 @@ def _is_video_name(path: str) -> bool:
 def _ref(fs: Any, path: str, info: Mapping[str, Any]) -> VideoRef:
     etag = info.get("ETag") or info.get("etag")
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-    if isinstance(mtime, (int, float)):
-        mtime = datetime.fromtimestamp(mtime).isoformat()
+    if isinstance(mtime, (int, float)):  # local files: seconds since the epoch
+        mtime = datetime.fromtimestamp(mtime, timezone.utc).isoformat()
+    elif isinstance(mtime, datetime):
+        mtime = (mtime if mtime.tzinfo else mtime.replace(tzinfo=timezone.utc)).isoformat()
     elif mtime is not None:
         mtime = str(mtime)
-    return VideoRef(
-        uri=_full_uri(fs, path),
+    return _make_ref(
+        _full_uri(fs, path),
         size_bytes=int(info.get("size") or 0),
         etag=str(etag).strip('"') if etag else None,
         mtime=mtime,
     )
+
+
+def _make_ref(listed: str, **fields: Any) -> VideoRef:
+    source = normalize_uri(listed)
+    uri = public_uri(source)
+    return VideoRef(uri=uri, source=source if source != uri else None, **fields)
 
 
 def _full_uri(fs: Any, path: str) -> str:
@@ -114,7 +137,8 @@ def _from_manifest(fs: Any, path: str, uri: str, storage_options: Any) -> list[V
     )
     if "uri" not in table.column_names:
         raise ConfigError(f"source.uri: manifest {uri} has no 'uri' column")
-    uris = [u for u in table.column("uri").to_pylist() if u]
+    # One object under several spellings (s3://b//a.mp4, s3://b/./a.mp4) is listed once.
+    uris = {normalize_uri(u): None for u in table.column("uri").to_pylist() if u}
 
     def stat(video_uri: str) -> VideoRef:
         try:
@@ -122,11 +146,13 @@ def _from_manifest(fs: Any, path: str, uri: str, storage_options: Any) -> list[V
             info = retrying(
                 lambda: vfs.info(vpath), video_uri, action="stat", storage_options=storage_options
             )
-            return _ref(vfs, vpath, info)
+            ref = _ref(vfs, vpath, info)
+            # Keep what the manifest gave to open it (a signed URL's parameters, say).
+            return _make_ref(video_uri, size_bytes=ref.size_bytes, etag=ref.etag, mtime=ref.mtime)
         except StorageError as exc:
-            return VideoRef(uri=video_uri, size_bytes=0, error=f"catalog: {exc}")
+            return _make_ref(video_uri, size_bytes=0, error=f"catalog: {exc}")
         except (OSError, ValueError) as exc:
-            return VideoRef(uri=video_uri, size_bytes=0, error=f"catalog: {describe(exc)}")
+            return _make_ref(video_uri, size_bytes=0, error=f"catalog: {describe(exc)}")
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(stat, dict.fromkeys(uris)))
+        return list(pool.map(stat, uris))

@@ -1,113 +1,263 @@
-"""Pipeline stages: small typed classes with a setup and a per-batch call; the Ray plumbing
-that runs them lives in pipeline.py. Per-video failures are returned as data, never raised."""
+"""The job's stages, in NeMo Curator's shape: a small dataclass built on the driver (its fields
+are the stage's whole configuration), `setup()` on the worker that runs it (open the decode
+sandbox, load the models), `process(batch)` per batch, `teardown()` when the worker goes.
+Resources and batch sizes are declared on the stage; `vidbatch.job.ray` turns stages into Ray
+Data calls. Per-video failures are data (an `error` column, "stage: message"), never raised.
+
+Rows flowing through the job, one per work unit (a segment of a video):
+probe -> (video_id, uri, source, chunk, segment_index, segment_count, start_s, end_s, video
+info, error) -> decode adds the sampled pixels -> infer replaces them with result tables ->
+write replaces those with the descriptions of the files written.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from vidbatch.config import ModelConfig
+from vidbatch.config import Limits, ModelConfig
 from vidbatch.errors import StageError, describe
 from vidbatch.index import tables
-from vidbatch.job.plan import Segment, clip_starts, frame_times, in_segment
-from vidbatch.media.decode import decode_samples
-from vidbatch.media.isolation import run_isolated, worker_sandbox
+from vidbatch.index.store import IndexStore
+from vidbatch.job.plan import (
+    Segment,
+    check_limits,
+    clip_starts,
+    frame_times,
+    in_segment,
+    plan_segments,
+)
+from vidbatch.media.isolation import Sandbox, bound_heap, run_isolated
 from vidbatch.specs import ClipSpec, FrameSpec
 
+# What the probe stage emits per work unit, and every later stage carries along.
+UNIT = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("source", pa.string()),  # what decoding opens (may carry credentials; never stored)
+        ("chunk", pa.int64()),
+        ("segment_index", pa.int32()),
+        ("segment_count", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("codec", pa.string()),
+        ("error", pa.string()),  # "" when fine: a string column in every block
+    ]
+)
+# What reaches the driver per work unit: no pixels, no result rows.
+RESULT = pa.schema(
+    [
+        *[UNIT.field(name) for name in UNIT.names if name != "source"],
+        ("frames_decoded", pa.int64()),
+        ("frames_used", pa.int64()),
+        ("rows", pa.string()),  # JSON: rows written per table
+        ("files", pa.string()),  # JSON: DataFile descriptions (on one row per chunk and batch)
+    ]
+)
 
-@dataclass(frozen=True)
-class WorkUnit:
-    """One segment of one video: what the decode stage receives (as a Ray Data row)."""
 
-    video_id: str
-    uri: str
-    segment_index: int
-    segment_count: int
-    start_s: float
-    end_s: float
-    duration_s: float
+class Stage:
+    """Constructed on the driver; set up, run and torn down on a Ray worker."""
 
-    @property
-    def segment(self) -> Segment:
-        return Segment(self.segment_index, self.start_s, self.end_s)
+    name: ClassVar[str] = "stage"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int | None = 1  # rows per process() call
+    batch_format: ClassVar[str] = "pyarrow"
 
-    @property
-    def is_last(self) -> bool:
-        return self.segment_index == self.segment_count - 1
+    def setup(self) -> None:
+        """Acquire what the stage holds for its lifetime (a sandbox, models)."""
 
+    def process(self, batch: Any) -> Any:
+        raise NotImplementedError
 
-def _unit(row: Mapping[str, Any]) -> WorkUnit:
-    return WorkUnit(**{f: row[f] for f in WorkUnit.__dataclass_fields__})
+    def teardown(self) -> None:
+        """Release what setup() acquired."""
 
 
 @dataclass
-class DecodeStage:
-    """Decode a segment once; sample every clip spec and the detector frames from that pass.
+class ProbeStage(Stage):
+    """Probe each video (isolated, with a deadline), check the limits and cut it into work
+    units. A video that cannot be planned becomes one unit carrying its error."""
 
-    With `timeout_s` > 0 the decode runs in a child process (`vidbatch.media.isolation`): a decoder
-    that crashes or hangs on one file fails that segment, not the worker.
+    name: ClassVar[str] = "probe"
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
+    segment_seconds: float = 120.0
+    clip_specs: tuple[ClipSpec, ...] = ()
+    limits: Limits = Limits()
+    timeout_s: float = 60.0
+    # One logical CPU: Ray Data fuses the split into work-unit blocks into this task only when
+    # both ask for the same resources (the split asks for 1 CPU).
+    num_cpus: float = 1.0
+    batch_size: int | None = None  # a whole block of videos per call
+    sandbox: Sandbox | None = field(default=None, init=False, repr=False)
+
+    def setup(self) -> None:
+        bound_heap()
+        self.sandbox = Sandbox(self.timeout_s) if self.timeout_s else None
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        from vidbatch.media.decode import probe
+
+        units: list[dict[str, Any]] = []
+        for video in batch.to_pylist():
+            base = {
+                "video_id": video["video_id"],
+                "uri": video["uri"],
+                "source": video["source"],
+                "chunk": video["chunk"],
+            }
+            try:
+                if video["error"]:
+                    raise StageError(*video["error"].split(": ", 1))
+                if not video["size_bytes"]:
+                    raise StageError("probe", "empty file (0 bytes)")
+                info = run_isolated(
+                    self.sandbox, "probe", probe, video["source"], self.storage_options
+                )
+                check_limits(
+                    info.duration_s,
+                    video["size_bytes"],
+                    self.limits,
+                    self.segment_seconds,
+                    self.clip_specs,
+                )
+            except StageError as exc:
+                units.append(_failed_unit(base, str(exc)))
+                continue
+            except Exception as exc:  # one unreadable file must not stop the others
+                units.append(_failed_unit(base, f"probe: {describe(exc)}"))
+                continue
+            segments = plan_segments(info.duration_s, self.segment_seconds, self.clip_specs)
+            described = {
+                "duration_s": info.duration_s,
+                "fps": info.fps,
+                "width": info.width,
+                "height": info.height,
+                "codec": info.codec,
+                "error": "",
+            }
+            units.extend(
+                {
+                    **base,
+                    **described,
+                    "segment_index": s.index,
+                    "segment_count": len(segments),
+                    "start_s": s.start_s,
+                    "end_s": s.end_s,
+                }
+                for s in segments
+            )
+        return pa.Table.from_pylist(units, schema=UNIT)
+
+    def teardown(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+
+
+def _failed_unit(base: Mapping[str, Any], error: str) -> dict[str, Any]:
+    return {
+        **base,
+        "segment_index": 0,
+        "segment_count": 1,
+        "start_s": 0.0,
+        "end_s": 0.0,
+        "error": error,
+    }
+
+
+@dataclass
+class DecodeStage(Stage):
+    """Decode a work unit once; sample every clip spec and the detector frames from that pass.
+
+    With `timeout_s` > 0 the decode runs in a child process (`vidbatch.media.isolation`),
+    created in setup() and closed in teardown(): a decoder that crashes or hangs on one file
+    fails that unit, not the worker.
     """
 
-    clip_specs: tuple[ClipSpec, ...]
+    name: ClassVar[str] = "decode"
+    batch_format: ClassVar[str] = "numpy"
+    clip_specs: tuple[ClipSpec, ...] = ()
     frame_spec: FrameSpec | None = None
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     mode: str = "seek"
     timeout_s: float = 0.0
+    sandbox: Sandbox | None = field(default=None, init=False, repr=False)
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        unit = _unit(row)
-        # "" rather than None keeps the column a string column in every block.
-        out: dict[str, Any] = {**row, "error": "", "frames_decoded": 0, "frames_used": 0}
+    def setup(self) -> None:
+        bound_heap()
+        self.sandbox = Sandbox(self.timeout_s) if self.timeout_s else None
+
+    def teardown(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+
+    def process(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        rows = [self.decode(_row(batch, i)) for i in range(len(batch["video_id"]))]
+        return {key: _column([r[key] for r in rows]) for key in rows[0]} if rows else {}
+
+    def decode(self, row: dict[str, Any]) -> dict[str, Any]:
+        from vidbatch.media.decode import decode_samples
+
+        out: dict[str, Any] = {**row, "frames_decoded": 0, "frames_used": 0}
+        segment = Segment(int(row["segment_index"]), float(row["start_s"]), float(row["end_s"]))
+        last = int(row["segment_index"]) == int(row["segment_count"]) - 1
+        duration = float(row["duration_s"] or 0.0)
         starts = {
-            spec: in_segment(clip_starts(unit.duration_s, spec), unit.segment, unit.is_last)
-            for spec in self.clip_specs
+            spec: in_segment(clip_starts(duration, spec), segment, last) for spec in self.clip_specs
         }
         times = (
-            in_segment(frame_times(unit.duration_s, self.frame_spec), unit.segment, unit.is_last)
+            in_segment(frame_times(duration, self.frame_spec), segment, last)
             if self.frame_spec
             else []
         )
-        try:
-            sampled = run_isolated(
-                worker_sandbox(self.timeout_s),
-                "decode",
-                decode_samples,
-                unit.uri,
-                clips=starts,
-                frame_spec=self.frame_spec,
-                frame_times=times,
-                storage_options=self.storage_options,
-                mode=self.mode,
-            )
-        except StageError as exc:
-            out["error"] = str(exc)
-            sampled = None
-        except Exception as exc:  # a decoder bug must cost one video, not the job
-            out["error"] = f"decode: {describe(exc)}"
-            sampled = None
+        sampled = None
+        if not row["error"]:
+            try:
+                sampled = run_isolated(
+                    self.sandbox,
+                    "decode",
+                    decode_samples,
+                    str(row["source"]),
+                    clips=starts,
+                    frame_spec=self.frame_spec,
+                    frame_times=times,
+                    storage_options=self.storage_options,
+                    mode=self.mode,
+                )
+            except StageError as exc:
+                out["error"] = str(exc)
+            except Exception as exc:  # a decoder bug must cost one video, not the job
+                out["error"] = f"decode: {describe(exc)}"
         if sampled is not None:
             out["frames_decoded"] = sampled.frames_decoded
             out["frames_used"] = sampled.frames_used
         for i, spec in enumerate(self.clip_specs):
             array = sampled.clips.get(spec) if sampled else None
-            _put_array(out, f"clips_{i}", array, (spec.frames, spec.size, spec.size, 3))
+            put_array(out, f"clips_{i}", array, (spec.frames, spec.size, spec.size, 3))
             out[f"clip_starts_{i}"] = np.asarray(starts[spec] if sampled else [], np.float64)
-        frames, times = (sampled.frames, times) if sampled else (None, [])
+        frames, shown = (sampled.frames, times) if sampled else (None, [])
         if sampled and self.mode == "keyframes" and sampled.frame_times is not None:
             # Each sample is the latest keyframe: report when that frame is shown, once.
-            shown = sampled.frame_times
-            first = np.r_[True, np.diff(shown) > 1e-6] if len(shown) else np.ones(0, bool)
-            frames, times = frames[first], shown[first]
-        _put_array(out, "frames", frames, (1, 1, 3))
-        out["frame_times"] = np.asarray(times, np.float64)
+            at = sampled.frame_times
+            first = np.r_[True, np.diff(at) > 1e-6] if len(at) else np.ones(0, bool)
+            frames, shown = frames[first], at[first]
+        put_array(out, "frames", frames, (1, 1, 3))
+        out["frame_times"] = np.asarray(shown, np.float64)
         return out
 
 
-def _put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_tail: tuple) -> None:
+def put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_tail: tuple) -> None:
     """Carry an ndarray as bytes + shape: plain Arrow columns whatever the shapes per row."""
     if array is None:
         array = np.empty((0, *empty_tail), np.uint8)
@@ -115,21 +265,38 @@ def _put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_t
     row[f"{name}_shape"] = np.asarray(array.shape, np.int64)
 
 
-def _get_array(row: Mapping[str, Any], name: str) -> np.ndarray:
+def get_array(row: Mapping[str, Any], name: str) -> np.ndarray:
     shape = tuple(int(s) for s in row[f"{name}_shape"])
     return np.frombuffer(row[name], np.uint8).reshape(shape)
 
 
-@dataclass
-class InferenceStage:
-    """Run every configured model on decoded segments; one actor holds all models once."""
+def _row(batch: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
+    return {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()}
 
-    models: Sequence[ModelConfig]
-    clip_specs: tuple[ClipSpec, ...]
-    run_id: str
-    batch_size: int = 8
+
+def _column(values: list[Any]) -> np.ndarray:
+    """A numpy column for Ray Data: object dtype for bytes and per-row arrays."""
+    if values and isinstance(values[0], (bytes, np.ndarray, str)):
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        return column
+    return np.asarray(values)
+
+
+@dataclass
+class InferenceStage(Stage):
+    """Run every configured model on decoded work units; one worker holds all models, loaded
+    once in setup()."""
+
+    name: ClassVar[str] = "infer"
+    batch_format: ClassVar[str] = "numpy"
+    models: Sequence[ModelConfig] = ()
+    clip_specs: tuple[ClipSpec, ...] = ()
+    run_id: str = ""
+    model_batch_size: int | None = None  # inputs per forward pass; None: the model's default
     device: str | None = None
-    loaded: list[Any] = field(default_factory=list, init=False)
+    batch_size: int | None = 4
+    loaded: list[Any] = field(default_factory=list, init=False, repr=False)
 
     def setup(self) -> None:
         from vidbatch.models import load_model
@@ -138,65 +305,71 @@ class InferenceStage:
             load_model(m.name, m.weights, storage_options=m.storage_options, device=self.device)
             for m in self.models
         ]
-        for model in self.loaded:
-            model.batch_size = self.batch_size
+        if self.model_batch_size:
+            for model in self.loaded:
+                model.batch_size = self.model_batch_size
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def process(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
         if not self.loaded:
             self.setup()
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["video_id"]))]
-        outputs: dict[str, list[bytes]] = {"clips": [], "detections": []}
-        errors: list[str | None] = []
-        for row in rows:
-            error = str(row["error"]) or None
-            results = {"clips": tables.empty("clips"), "detections": tables.empty("detections")}
-            if error is None:
+        units = [_row(batch, i) for i in range(len(batch["video_id"]))]
+        results: dict[str, list[bytes]] = {name: [] for name in tables.MODEL_TABLES}
+        errors = []
+        for unit in units:
+            error = str(unit["error"]) or ""
+            found = {name: tables.empty(name) for name in tables.MODEL_TABLES}
+            if not error:
                 try:
-                    results = {"clips": self.classify(row), "detections": self.detect(row)}
+                    found["clips"] = self.classify(unit)
+                    found["detections"] = self.detect(unit)
                 except Exception as exc:  # a model failing on one input fails that video only
                     error = f"inference: {describe(exc)}"
             errors.append(error)
-            for name, table in results.items():
-                outputs[name].append(tables.to_ipc(table))
+            for name, table in found.items():
+                results[name].append(tables.to_ipc(table))
+        carried = {
+            name: pa.array([u[name] for u in units], UNIT.field(name).type)
+            for name in UNIT.names
+            if name not in ("error", "source")
+        }
         return pa.table(
             {
-                "video_id": pa.array(batch["video_id"].tolist(), pa.string()),
-                "segment_index": pa.array(batch["segment_index"].tolist(), pa.int32()),
+                **carried,
                 "error": pa.array(errors, pa.string()),
-                "frames_decoded": pa.array(batch["frames_decoded"].tolist(), pa.int64()),
-                "frames_used": pa.array(batch["frames_used"].tolist(), pa.int64()),
-                "clips": pa.array(outputs["clips"], pa.large_binary()),
-                "detections": pa.array(outputs["detections"], pa.large_binary()),
+                "frames_decoded": pa.array([int(u["frames_decoded"]) for u in units], pa.int64()),
+                "frames_used": pa.array([int(u["frames_used"]) for u in units], pa.int64()),
+                **{name: pa.array(data, pa.large_binary()) for name, data in results.items()},
             }
         )
 
-    def _models(self, task: str):
+    def _models(self, task: str) -> list[tuple[ModelConfig, Any]]:
         return [(c, m) for c, m in zip(self.models, self.loaded, strict=True) if m.task == task]
 
-    def classify(self, row: Mapping[str, Any]) -> pa.Table:
+    def classify(self, unit: Mapping[str, Any]) -> pa.Table:
         parts = []
         for config, model in self._models("classify"):
             index = self.clip_specs.index(model.clip)
-            clips = _get_array(row, f"clips_{index}")
+            clips = get_array(unit, f"clips_{index}")
             if len(clips):
-                starts = np.asarray(row[f"clip_starts_{index}"], np.float64)
-                probs = model.predict(clips)
-                parts.append(self._clip_rows(row, model, config.top_k, starts, probs))
+                starts = np.asarray(unit[f"clip_starts_{index}"], np.float64)
+                parts.append(
+                    self._clip_rows(unit, model, config.top_k, starts, model.predict(clips))
+                )
         return pa.concat_tables(parts) if parts else tables.empty("clips")
 
-    def detect(self, row: Mapping[str, Any]) -> pa.Table:
+    def detect(self, unit: Mapping[str, Any]) -> pa.Table:
         from vidbatch.models.detection import detections_table
 
-        frames = _get_array(row, "frames")
+        frames = get_array(unit, "frames")
         parts = [
             detections_table(
                 model,
                 model.detect(
                     frames, min_score=config.min_score, max_detections=config.max_detections
                 ),
-                uri=str(row["uri"]),
-                frame_times=np.asarray(row["frame_times"], np.float64),
-                video_id=str(row["video_id"]),
+                uri=str(unit["uri"]),
+                frame_times=np.asarray(unit["frame_times"], np.float64),
+                video_id=str(unit["video_id"]),
                 run_id=self.run_id,
             )
             for config, model in self._models("detect")
@@ -205,18 +378,18 @@ class InferenceStage:
         return pa.concat_tables(parts) if parts else tables.empty("detections")
 
     def _clip_rows(
-        self, row: Mapping[str, Any], model: Any, top_k: int, starts: np.ndarray, probs: np.ndarray
+        self, unit: Mapping[str, Any], model: Any, top_k: int, starts: np.ndarray, probs: np.ndarray
     ) -> pa.Table:
         k = min(top_k, probs.shape[1])
         order = np.argsort(-probs, axis=1)[:, :k]
         top_scores = np.take_along_axis(probs, order, axis=1).astype(np.float32)
         labels = np.asarray(model.labels, dtype=object)[order]
         n = len(starts)
-        duration = float(row["duration_s"])
+        duration = float(unit["duration_s"])
         return pa.table(
             {
-                "video_id": [str(row["video_id"])] * n,
-                "uri": [str(row["uri"])] * n,
+                "video_id": [str(unit["video_id"])] * n,
+                "uri": [str(unit["uri"])] * n,
                 "clip_start_s": starts,
                 "clip_end_s": np.minimum(starts + model.clip.seconds, duration),
                 "model": [model.name] * n,
@@ -229,3 +402,69 @@ class InferenceStage:
             },
             schema=tables.CLIPS,
         )
+
+
+@dataclass
+class DecodeInferStage(Stage):
+    """Decode then infer in one worker: on CPUs this spares the object store a copy of every
+    decoded frame, and each worker's decode runs in parallel with the others'."""
+
+    name: ClassVar[str] = "decode+infer"
+    batch_format: ClassVar[str] = "numpy"
+    decode: DecodeStage = field(default_factory=DecodeStage)
+    infer: InferenceStage = field(default_factory=InferenceStage)
+    batch_size: int | None = 1
+
+    def setup(self) -> None:
+        self.decode.setup()
+        self.infer.setup()
+
+    def process(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
+        return self.infer.process(self.decode.process(batch))
+
+    def teardown(self) -> None:
+        self.decode.teardown()
+        self.infer.teardown()
+
+
+@dataclass
+class WriteStage(Stage):
+    """Write the result rows of a batch of work units as Parquet files into the index tables
+    (uncommitted), one set of files per chunk, and pass on only their descriptions."""
+
+    name: ClassVar[str] = "write"
+    store: IndexStore | None = None
+    num_cpus: float = 0.25
+    batch_size: int | None = 16
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        assert self.store is not None
+        chunks = batch.column("chunk").to_pylist()
+        files_of: dict[int, list[str]] = {}
+        rows_written: list[dict[str, int]] = []
+        parts: dict[int, dict[str, list[pa.Table]]] = {}
+        for i, chunk in enumerate(chunks):
+            counts = {}
+            for name in tables.MODEL_TABLES:
+                table = tables.from_ipc(batch.column(name)[i].as_py())
+                counts[name] = table.num_rows
+                if table.num_rows:
+                    parts.setdefault(chunk, {}).setdefault(name, []).append(table)
+            rows_written.append(counts)
+        for chunk, by_table in parts.items():
+            files_of[chunk] = [
+                f.to_json()
+                for name, pieces in by_table.items()
+                for f in self.store.write_rows(name, pa.concat_tables(pieces))
+            ]
+        first_of_chunk = {}
+        for i, chunk in enumerate(chunks):
+            first_of_chunk.setdefault(chunk, i)
+        files = [
+            json.dumps(files_of.get(chunk, [])) if first_of_chunk[chunk] == i else "[]"
+            for i, chunk in enumerate(chunks)
+        ]
+        columns = {name: batch.column(name) for name in RESULT.names if name in batch.column_names}
+        columns["rows"] = pa.array([json.dumps(r) for r in rows_written], pa.string())
+        columns["files"] = pa.array(files, pa.string())
+        return pa.table(columns).select(RESULT.names).cast(RESULT)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -359,18 +360,15 @@ def _read_truth(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str
 
 
 def _read_predictions(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, pa.Table]:
-    from vidbatch.tools.query import table_dataset  # imports duckdb: only index folders need it
+    from vidbatch.index.store import IndexStore  # an index: its current state
 
     fs, path = filesystem(uri, storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(f"predictions not found: {uri}")
-    if fs.isdir(path) and any(fs.exists(join(path, n)) for n in ("clips", "detections")):
-        out = {}
-        for name in ("videos", "clips", "detections"):
-            if fs.exists(join(path, name)):
-                table = table_dataset(uri, name, storage_options).to_table()
-                out[name] = table if name == "videos" else _latest_run(table)
-        return out
+    store = IndexStore(uri, storage_options)
+    if fs.isdir(path) and store.exists():
+        snapshot = store.snapshot()
+        return {name: store.read(name, snapshot=snapshot) for name in ("videos", "clips", "detections")}
     table = _read_parquet(uri, storage_options)
     if "model" not in table.column_names:
         name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
@@ -383,15 +381,21 @@ def _read_predictions(uri: str, storage_options: Mapping[str, Any] | None) -> di
 
 
 def _read_parquet(uri: str, storage_options: Mapping[str, Any] | None) -> pa.Table:
+    """A Parquet file, a folder of Parquet parts (maybe Hive-partitioned), or a CSV file."""
     fs, path = filesystem(uri, storage_options)
     try:
-        if fs.isdir(path):  # a folder of Parquet parts, maybe Hive-partitioned
+        if fs.isdir(path):
             handler = PyFileSystem(FSSpecHandler(fs))
             return pds.dataset(path, filesystem=handler, partitioning="hive").to_table()
         with fs.open(path, "rb") as handle:
+            if path.lower().endswith(".csv"):
+                return pacsv.read_csv(handle)
             return pq.read_table(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"not found: {uri}") from None
+    except pa.ArrowInvalid as exc:
+        kind = "CSV" if path.lower().endswith(".csv") else "Parquet"
+        raise ValueError(f"{uri}: not a readable {kind} file ({exc})") from None
 
 
 def _latest_run(table: pa.Table) -> pa.Table:

@@ -1,5 +1,6 @@
-"""SQL over the output tables: DuckDB views `videos`, `clips`, `detections` on Arrow datasets,
-so any fsspec store (S3 with the job's storage_options) works without DuckDB extensions."""
+"""SQL over the index: DuckDB views of the Delta tables, read as Arrow datasets from one
+snapshot, so any store (S3 with the job's storage_options) works without DuckDB extensions
+(DuckDB's own `delta` extension downloads at run time)."""
 
 from __future__ import annotations
 
@@ -15,62 +16,50 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-from vidbatch.index import tables
-from vidbatch.storage import filesystem, join
-
-
-def table_dataset(output_uri: str, name: str, storage_options: Mapping[str, Any] | None = None):
-    """A pyarrow dataset of one output table (Hive partitions as columns), or an empty table."""
-    fs, root = filesystem(output_uri, storage_options)
-    path = join(root, name)
-    schema = tables.read_schema(name)
-    partition_fields = [schema.field(p) for p in tables.PARTITIONS[name]]
-    if not fs.exists(path):
-        return schema.empty_table()
-    return pds.dataset(
-        path,
-        filesystem=PyFileSystem(FSSpecHandler(fs)),
-        format="parquet",
-        partitioning=pds.partitioning(pa.schema(partition_fields), flavor="hive"),
-        schema=schema,
-        exclude_invalid_files=False,
-    )
+from vidbatch.index.store import IndexStore
+from vidbatch.storage import filesystem
 
 
 def connect(
-    output_uri: str, storage_options: Mapping[str, Any] | None = None
+    output_uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    as_of: int | str | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the index's tables registered as views."""
-    fs, root = filesystem(output_uri, storage_options)
-    if not fs.exists(root):
-        raise FileNotFoundError(
-            f"no index at {output_uri}: nothing exists there (is it the job's output.uri?)"
-        )
-    datasets = {name: table_dataset(output_uri, name, storage_options) for name in tables.TABLES}
-    if not any(isinstance(d, pds.FileSystemDataset) and d.files for d in datasets.values()):
-        raise FileNotFoundError(
-            f"empty index at {output_uri}: no Parquet files under videos/, clips/ or detections/ "
-            "(no run has committed output there yet)"
-        )
-    con = duckdb.connect()
-    for name, dataset in datasets.items():
-        con.register(name, dataset)
-    return con
+    """A DuckDB connection with the index's tables registered as views (`videos`, `clips`,
+    `detections`, `shots`, `runs`), all of one snapshot: the latest, or `as_of` a `videos`
+    table version or a timestamp."""
+    return IndexStore(output_uri, storage_options).connect(as_of)
 
 
-def query(output_uri: str, sql: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """Run one SQL statement; a DuckDB error becomes one line: ValueError("SQL error: ...")."""
-    con = connect(output_uri, storage_options)
+def query(
+    output_uri: str,
+    sql: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    as_of: int | str | None = None,
+) -> pa.Table:
+    """Run one SQL statement; a DuckDB error becomes one line: ValueError("SQL error: ...")
+    keeping DuckDB's hints (`Did you mean "clips"?`)."""
+    con = connect(output_uri, storage_options, as_of=as_of)
     try:
         # con.execute(...).to_arrow_table() copies the rows and warns in DuckDB 2.
         relation = con.sql(sql)
         return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
-        raise ValueError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+        raise ValueError(f"SQL error: {one_line(str(exc))}") from exc
+    finally:
+        con.close()
+
+
+def one_line(text: str) -> str:
+    """A library's multi-line message on one line: every line kept except the source excerpt
+    DuckDB draws under an error (LINE n: ... and its caret)."""
+    lines = [line.strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not line.startswith(("LINE ", "^"))]
+    return " ".join(kept)
 
 
 FORMATS = ("csv", "json", "parquet")

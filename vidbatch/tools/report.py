@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import struct
 import zlib
@@ -26,12 +25,7 @@ if TYPE_CHECKING:  # NumPy, DuckDB, fsspec load when a report is built, not for 
 _THUMB_SIZE = 320  # longer side of a thumbnail, pixels
 _SAME_DECODE_S = 10.0  # thumbnails of one video closer than this share one decode pass
 
-_LATEST_VIDEOS = """
-SELECT * EXCLUDE (rn) FROM (
-    SELECT *, row_number() OVER (PARTITION BY uri ORDER BY processed_at DESC, date DESC) AS rn
-    FROM videos
-) WHERE rn = 1 ORDER BY uri
-"""
+_VIDEOS = "SELECT * FROM videos ORDER BY uri"
 _LABEL_COUNTS = """
 SELECT label, model, 'clips' AS source, count(*) AS rows,
        sum(clip_end_s - clip_start_s) AS seconds, max(score) AS best
@@ -58,12 +52,7 @@ WITH ranked AS (
 SELECT uri, frame_time_s, model, label, score, x1, y1, x2, y2
 FROM spread ORDER BY per_label, score DESC, label, uri LIMIT $n
 """
-_RUNS_FROM_VIDEOS = """
-SELECT run_id, min(processed_at) AS started_at, max(processed_at) AS finished_at,
-       count(*) AS videos, count_if(status = 'ok') AS ok, count_if(status = 'failed') AS failed,
-       count_if(status = 'skipped') AS skipped
-FROM videos GROUP BY run_id ORDER BY started_at DESC
-"""
+_RUNS = "SELECT *, listed AS videos FROM runs ORDER BY started_at DESC"
 
 
 def build_report(
@@ -79,14 +68,11 @@ def build_report(
 
     con = connect(output_uri, storage_options)
     try:
-        videos = con.sql(_LATEST_VIDEOS).to_arrow_table().to_pylist()
+        videos = con.sql(_VIDEOS).to_arrow_table().to_pylist()
         counts = con.sql(_LABEL_COUNTS).to_arrow_table().to_pylist()
         intervals = find_intervals(con).to_pylist()
         top = con.sql(_TOP_DETECTIONS, params={"n": max_thumbnails}).to_arrow_table().to_pylist()
-        runs, runs_note = read_runs(output_uri, storage_options), ""
-        if not runs:
-            runs = con.sql(_RUNS_FROM_VIDEOS).to_arrow_table().to_pylist()
-            runs_note = "No _runs/ records: runs as the videos table shows them."
+        runs, runs_note = con.sql(_RUNS).to_arrow_table().to_pylist(), "From the runs table, newest first."
         totals = con.sql(
             "SELECT (SELECT count(*) FROM clips), (SELECT count(*) FROM detections)"
         ).fetchall()[0]
@@ -113,28 +99,6 @@ def build_report(
     partial.write_text(page, encoding="utf-8")
     os.replace(partial, path)
     return path
-
-
-def read_runs(output_uri: str, storage_options: Mapping[str, Any] | None = None) -> list[dict]:
-    """Run records from `<output>/_runs/*.json`, newest first; a broken record says why."""
-    from vidbatch.storage import filesystem, join
-
-    fs, root = filesystem(output_uri, storage_options)
-    records = []
-    for path in sorted(fs.glob(join(root, "_runs", "*.json"))):
-        try:
-            record = json.loads(fs.cat_file(path))
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, OSError) as exc:
-            name = path.rsplit("/", 1)[-1]
-            record = {
-                "run_id": name.removesuffix(".json"),
-                "status": "unreadable",
-                "error": str(exc),
-            }
-        records.append(record)
-    return sorted(records, key=lambda r: str(r.get("started_at") or ""), reverse=True)
 
 
 def cut_thumbnails(

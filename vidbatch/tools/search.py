@@ -96,16 +96,21 @@ def find_intervals(
         "frame_gap": (DETECTION_GAP_S if gap_s is None else gap_s) + _EPS,
     }
     # Only the filters given become predicates, so DuckDB can push them into the scan
-    # (model and date prune Hive partitions).
+    # (model prunes the `model=` partitions).
     for column, op, name, value in (
         ("label", "=", "label", label),
         ("model", "=", "model", model),
-        ("date", ">=", "since", None if since is None else parse_date(since)),
         ("uri", "GLOB", "uri_glob", uri_glob),
     ):
         if value is not None:
             predicates.append(f"{column} {op} ${name}")
             params[name] = value
+    if since is not None:  # videos (re)indexed on or after that day
+        predicates.append(
+            "video_id IN (SELECT video_id FROM videos "
+            "WHERE CAST(processed_at AS DATE) >= CAST($since AS DATE))"
+        )
+        params["since"] = parse_date(since)
     sql = _INTERVALS_SQL.format(where=" AND ".join(predicates))
     try:
         table = con.sql(sql, params=params).to_arrow_table()
@@ -135,7 +140,7 @@ def search(
     """Intervals (uri, start_s, end_s, max_score, model, source, ...) where `label` appears.
 
     Clips match on their top-1 label, detections on theirs; both need score >= `min_score`.
-    `since` keeps rows of runs dated on or after it (the `date=` partition, UTC). `uri_glob`
+    `since` keeps rows of videos indexed on or after that day (`videos.processed_at`, UTC). `uri_glob`
     matches the whole URI, `*` crossing `/`. Rows merge when the next starts at most `gap_s`
     after the interval ends (default: 0.05 s for clips, 1.5 s between detection frames).
     """
@@ -157,7 +162,7 @@ def search(
 
 
 def parse_date(value: str | date) -> str:
-    """'YYYY-MM-DD' as the `date=` partitions spell it; `today`/`yesterday` in UTC."""
+    """'YYYY-MM-DD'; `today`/`yesterday` in UTC."""
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
@@ -243,7 +248,7 @@ def add_search_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--since",
         metavar="DATE",
-        help="only runs dated on or after DATE (YYYY-MM-DD, today, yesterday; UTC)",
+        help="only videos indexed on or after DATE (YYYY-MM-DD, today, yesterday; UTC)",
     )
     p.add_argument(
         "--uri-glob", metavar="GLOB", help="only videos whose URI matches, e.g. '*/cam1/*'"
