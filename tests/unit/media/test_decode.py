@@ -134,13 +134,20 @@ def test_irregular_keyframes_end_and_give_the_right_frames(tmp_path, mode):
 
 
 def test_keyframes_stage_reports_each_keyframe_once_at_its_own_time(gop2):
-    from dataclasses import asdict
+    from vidbatch.job.stages import DecodeStage, get_array
 
-    from vidbatch.job.stages import DecodeStage, WorkUnit, _get_array
-
-    unit = WorkUnit("v", str(gop2), 0, 1, 0.0, 12.0, 12.0)
-    row = DecodeStage((), FrameSpec(1, 160), mode="keyframes")(asdict(unit))
-    times = list(row["frame_times"])
-    frames = _get_array(row, "frames")
+    row = {
+        "video_id": "v",
+        "source": str(gop2),
+        "segment_index": 0,
+        "segment_count": 1,
+        "start_s": 0.0,
+        "end_s": 12.0,
+        "duration_s": 12.0,
+        "error": "",
+    }
+    out = DecodeStage(frame_spec=FrameSpec(1, 160), mode="keyframes").decode(row)
+    times = list(out["frame_times"])
+    frames = get_array(out, "frames")
     assert len(frames) == len(times) == len(set(times)) < 12
     assert [media.read_counter(f) for f in frames] == [round(t * 25) for t in times]
