@@ -71,8 +71,12 @@ class PacketPlanner:
         self._seen: list[int] = []  # sorted pts of every packet demuxed
         self._seen_keys: list[int] = []
         self._seen_key_set: set[int] = set()
-        # Whether a sample may take a keyframe instead of its exact frame (keyframes mode).
-        self._keyframe_samples = any(s.keyframe_from != math.inf for s in self.samples)
+        # How far before a sample a keyframe it may take instead of its exact frame can lie
+        # (keyframes mode; 0: no sample may, inf: any keyframe will do).
+        self._keyframe_reach = max(
+            (s.limit - s.keyframe_from for s in self.samples if s.keyframe_from != math.inf),
+            default=0,
+        )
         self._horizon = -math.inf  # every packet not yet demuxed has pts >= this
         self._queue: deque[_Entry] = deque()
         self._queued: dict[int, _Entry] = {}
@@ -233,8 +237,11 @@ class PacketPlanner:
         their exact frame, up to the next keyframe."""
         first = bisect.bisect_left(self._limits, pts)
         last = self._first_limit_at_or_after(self._seen, pts)
-        if key and self._keyframe_samples:
-            last = max(last, self._first_limit_at_or_after(self._seen_keys, pts))
+        if key and self._keyframe_reach:
+            by_key = self._first_limit_at_or_after(self._seen_keys, pts)
+            if self._keyframe_reach != math.inf:  # samples further on may not take it
+                by_key = min(by_key, bisect.bisect_right(self._limits, pts + self._keyframe_reach))
+            last = max(last, by_key)
         return first, last
 
     def _first_limit_at_or_after(self, times: list[int], pts: int) -> int:

@@ -92,3 +92,15 @@ def test_shot_frames_are_every_frame_in_the_range_with_their_references():
     got = by_action(plan(OPEN, [], shots=(5, 8)))
     assert sorted(got[FEED]) == [5, 6, 7]
     assert got[REFS] == [0, 3, 1, 2, 4, 9]  # 5 needs the first GOP; 7 needs 9
+
+
+def test_a_keyframe_too_early_for_the_tolerance_is_not_held_back_for_the_rest_of_the_gop():
+    """One GOP of 1000 frames; the sample at 50 may take a keyframe from 45 on: keyframe 0 is
+    settled (a reference of the exact frame) once frame 50 is, not at the end of the GOP."""
+    planner = PacketPlanner([Sample(50, keyframe_from=45), Sample(900, keyframe_from=895)])
+    released_at = None
+    for i in range(1000):
+        actions = planner.push(i, i, i - 1, i == 0)
+        if released_at is None and any(item == 0 for _, item in actions):
+            released_at = i
+    assert released_at is not None and released_at <= 52
