@@ -35,7 +35,7 @@ class ShotDetector(LoadedModel):
     """
 
     task = "shots"
-    batch_sizes = (32, 2)  # windows per forward pass
+    batch_sizes = (32, 4)  # windows (of `window` frames) per forward pass: CUDA, CPU
 
     def __init__(
         self,
