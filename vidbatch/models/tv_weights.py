@@ -14,6 +14,7 @@ The file is read with `torch.load(weights_only=True)`: tensors, never code.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 from collections.abc import Mapping
@@ -114,12 +115,12 @@ def _download(url: str, path: str, expected: str | None) -> str | None:
     """None when the file is now in the cache, else why not (one phrase)."""
     if os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
         return f"{OFFLINE_ENV} forbids downloading"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         torch.hub.download_url_to_file(url, path, hash_prefix=expected, progress=False)
     except RuntimeError as exc:  # torch.hub's hash check failed on the downloaded file
         raise ValueError(f"{url}: {describe(exc)}") from None
-    except OSError as exc:  # URLError, timeouts, refused connections, a read-only cache
+    except (OSError, http.client.HTTPException) as exc:  # no network, timeouts, a read-only cache
         return f"could not be downloaded ({describe(exc)})"
     return None
 
