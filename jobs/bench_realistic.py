@@ -331,6 +331,7 @@ def decode_part(say, record, media_sets: dict, rounds: int) -> dict[str, dict[st
                 )
             elif variant.startswith("vidbatch") or variant == floor:
                 record(f"realistic decode {name}: {variant}, decoded per used", per_used, "{:.1f}")
+    return results
 
 
 # ---------------------------------------------------------------- 3. end to end
