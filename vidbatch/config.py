@@ -33,9 +33,10 @@ class Sampling:
 class ModelConfig:
     name: str
     weights: str | None = None  # None: the registry's shipped weights
-    top_k: int = 5
-    min_score: float = 0.3
-    max_detections: int = 100
+    top_k: int = 5  # classifiers: labels kept per clip
+    min_score: float = 0.3  # detectors: detections below are dropped
+    max_detections: int = 100  # detectors: per frame
+    threshold: float = 0.5  # shot models: transition probability that makes a cut
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
 
 
@@ -94,6 +95,8 @@ class JobConfig:
         for i, model in enumerate(self.models):
             if model.top_k < 1:
                 raise ConfigError(f"models[{i}].top_k: must be >= 1")
+            if not 0 < model.threshold < 1:
+                raise ConfigError(f"models[{i}].threshold: must be between 0 and 1")
         if self.max_retries < 0:
             raise ConfigError("max_retries: must be >= 0")
         limits = self.limits

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import pyarrow.dataset as pds
+import pyarrow as pa
 import pytest
-import s3fs
 
 from tests.conftest import job_config, make_bucket
 from tests.support import media
+from tests.support.index import expected_clips, stream_seconds
+from tests.support.index import read as read_rows
 from vidbatch.config import config_from_dict
-from vidbatch.job.plan import clip_count
 from vidbatch.job.run import run_job
 from vidbatch.media.synth import write_video
-from vidbatch.models import load_model
+
+CLIP_SECONDS = 2.0  # the shipped classifiers' clips: 16 frames at 8 fps
 
 
-def read(output: str, name: str):
-    return pds.dataset(f"{output}/{name}", partitioning="hive").to_table()
-
-
-def read_s3(fs: s3fs.S3FileSystem, output: str, name: str):
-    return pds.dataset(f"{output.removeprefix('s3://')}/{name}", filesystem=fs, partitioning="hive").to_table()
+def read(output: str, name: str, storage_options: dict | None = None) -> pa.Table:
+    return pa.Table.from_pylist(read_rows(output, name, storage_options))
 
 
 def test_s3_source_to_s3_output_has_expected_clips(ray_session, s3, s3_server, small_archive):
@@ -35,17 +32,17 @@ def test_s3_source_to_s3_output_has_expected_clips(ray_session, s3, s3_server, s
     summary = run_job(config)
     assert (summary.videos, summary.ok, summary.failed) == (8, 8, 0)
 
-    videos = read_s3(fs, "s3://index-out/idx", "videos").to_pylist()
-    clips = read_s3(fs, "s3://index-out/idx", "clips")
+    videos = read("s3://index-out/idx", "videos", options).to_pylist()
+    clips = read("s3://index-out/idx", "clips", options)
     assert {v["status"] for v in videos} == {"ok"} and len(videos) == 8
     assert set(clips.column("model").to_pylist()) == {"motion-cnn"}  # the model= partition
-    spec = load_model("motion-cnn").clip
+    assert fs.exists("index-out/idx/clips/_delta_log") and fs.ls("index-out/idx/clips/model=motion-cnn")
+    local = {uri.rsplit("/", 1)[-1]: uri for uri in small_archive.uris}
     for video in videos:
         rows = [c for c in clips.to_pylist() if c["video_id"] == video["video_id"]]
-        assert len(rows) == clip_count(video["duration_s"], spec), video["uri"]
+        assert len(rows) == expected_clips(local[video["uri"].rsplit("/", 1)[-1]], CLIP_SECONDS)
         assert all(0 <= c["clip_start_s"] < c["clip_end_s"] <= video["duration_s"] + 1e-6 for c in rows)
         assert all(len(c["labels"]) == 3 and c["labels"][0] == c["label"] for c in rows)
-    assert not fs.exists("index-out/idx/_staging") or not fs.ls("index-out/idx/_staging")
 
 
 def test_long_video_is_split_and_clips_cover_it_once_in_order(ray_session, tmp_path):
@@ -63,8 +60,9 @@ def test_long_video_is_split_and_clips_cover_it_once_in_order(ray_session, tmp_p
     video = read(str(tmp_path / "out"), "videos").to_pylist()[0]
     assert video["segments"] == 5
     starts = sorted(read(str(tmp_path / "out"), "clips").column("clip_start_s").to_pylist())
-    seconds = load_model("motion-cnn").clip.seconds
-    assert starts == pytest.approx([k * seconds for k in range(clip_count(video["duration_s"], load_model("motion-cnn").clip))])
+    # 50 s of video tile 25 two-second clips, each once and in order across five segments.
+    assert stream_seconds(source / "long.mp4") == pytest.approx(50, abs=0.05)
+    assert starts == pytest.approx([k * CLIP_SECONDS for k in range(25)])
     # Each segment seeks to its own keyframe: decoding stays near the frames in range, not O(n^2).
     assert video["frames_decoded"] < 1.3 * 50 * 24
 
@@ -104,12 +102,15 @@ def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(ray_session, tmp_
     clips = read(str(tmp_path / "out"), "clips")
     assert set(clips.column("uri").to_pylist()) == {str(p) for p in good}
 
-    # Over the failure budget: the output is still written, and the exit code says so.
+    # Over the failure budget (4 of 7 > 0.5): the output is still written, the exit code and
+    # the run record say so.
     config_path.write_text(
         yaml.safe_dump(job_config(str(source), str(tmp_path / "out2"), max_failed_fraction=0.5))
     )
     assert main(["run", str(config_path)]) == 1
     assert len(read(str(tmp_path / "out2"), "videos")) == 7
+    (run,) = read_rows(tmp_path / "out2", "runs")
+    assert (run["status"], run["ok"], run["failed"]) == ("failed", 3, 4)
 
 
 SHIPPED_CLASSIFIERS = ("motion-cnn", "motion-rnn", "motion-transformer")
@@ -137,8 +138,9 @@ def test_shipped_models_reach_their_accuracy_through_one_job(ray_session, tmp_pa
         accuracy[name] = sum(c["label"] == truth[c["uri"]] for c in mine) / len(mine)
         in_pairs = [c for c in mine if any(truth[c["uri"]] in pair for pair in TIME_ORDER_PAIRS)]
         pair_accuracy[name] = sum(c["label"] == truth[c["uri"]] for c in in_pairs) / len(in_pairs)
-        recorded = load_model(name).meta.metrics["heldout_accuracy"]
-        assert accuracy[name] >= recorded - 0.12, (name, accuracy[name], recorded)
+    # Chance is 1/8: the order-blind CNN is well above it, the temporal families near perfect
+    # (bars set here, not read from the checkpoints under test).
+    assert accuracy["motion-cnn"] >= 0.3, accuracy
     for name in ("motion-rnn", "motion-transformer"):
         assert accuracy[name] >= 0.9, accuracy
         assert pair_accuracy[name] >= pair_accuracy["motion-cnn"] + 0.3, pair_accuracy

@@ -44,7 +44,7 @@ class WriterLease:
 
     def _create(self) -> None:
         """Exclusive create: FileExistsError when a lease exists."""
-        if is_local(self.path):
+        if is_local(self.output_uri):
             path = local_path(self.path)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -124,13 +125,12 @@ class IndexStore:
     # -- tables -----------------------------------------------------------------------------
 
     def has_table(self, name: str) -> bool:
-        from deltalake import DeltaTable
-
         if name in self._existing:  # a table, once there, stays
             return True
+        # Not DeltaTable.is_deltatable: it holds the GIL while it waits on storage, which
+        # deadlocks against an S3 endpoint served from this same process (tests' moto).
         found = self._retry(
-            lambda: DeltaTable.is_deltatable(self.table_uri(name), self.delta_options),
-            f"look for the {name} table",
+            lambda: self.fs.exists(f"{self.root}/{name}/_delta_log"), f"look for the {name} table"
         )
         if found:
             self._existing.add(name)
@@ -290,11 +290,40 @@ class IndexStore:
             if not self.has_table(name):
                 continue
             recorded = videos.transaction_version(SNAPSHOT_APP.format(table=name)) or 0
-            table = self.table(name)
-            if table.version() > recorded:
-                self._retry(lambda table=table, v=recorded: table.restore(v), f"restore {name}")
+            if self.table(name).version() > recorded:
+                self._restore(name, recorded)
                 restored.append(name)
+        if restored:  # the restores are new versions: name them, or the next run redoes this
+            self.seal(f"recover-{uuid.uuid4().hex[:8]}", 1)
         return restored
+
+    def _restore(self, name: str, version: int) -> None:
+        """Delta RESTORE as one commit: the files of `version` back, later ones removed.
+        (delta-rs's own restore holds the GIL while it reads storage.)"""
+        latest = _live_files(self.table(name))
+        wanted = _live_files(self._open(name, version))
+        now = int(time.time() * 1000)
+        actions = [
+            DataFile(
+                table=name,
+                path=unquote(path),
+                size=f["size_bytes"],
+                partition_values=dict(f["partition"] or {}),
+                stats=_stats_json(f),
+                rows=f["num_records"] or 0,
+                modification_time=f["modification_time"],
+                video_ids=(),
+            ).add_action()
+            for path, f in wanted.items()
+            if path not in latest
+        ]
+        actions += [
+            remove_action(unquote(path), f["size_bytes"], dict(f["partition"] or {}), now)
+            for path, f in latest.items()
+            if path not in wanted
+        ]
+        run_id = f"restore-{uuid.uuid4().hex[:8]}"
+        self._commit(name, actions, ChunkCommit(1, run_id, tables.empty("videos")))
 
     def commit_chunk(self, chunk: ChunkCommit, lease: WriterLease | None = None) -> dict[str, int]:
         """Commit one chunk: each model table in one transaction (replaced rows out, new
@@ -527,9 +556,32 @@ def _partition_groups(
 
 
 def _physical(path: str) -> str:
-    from urllib.parse import unquote
-
     return unquote(path)
+
+
+def _live_files(table: Any) -> dict[str, dict[str, Any]]:
+    """Path (as the log spells it) -> add action, nested: partition, min, max, null_count."""
+    actions = pa.table(table.get_add_actions(flatten=False)).to_pylist()
+    return {a["path"]: a for a in actions}
+
+
+def _stats_json(action: Mapping[str, Any]) -> str:
+    """Delta statistics back from a nested add action (get_add_actions)."""
+    import json
+
+    def present(values: Any) -> dict[str, Any]:
+        return {k: v for k, v in (values or {}).items() if v is not None}
+
+    return json.dumps(
+        {
+            "numRecords": action.get("num_records"),
+            "minValues": present(action.get("min")),
+            "maxValues": present(action.get("max")),
+            "nullCount": present(action.get("null_count")),
+        },
+        separators=(",", ":"),
+        default=str,
+    )
 
 
 def _parse_as_of(as_of: int | str | datetime | None) -> int | datetime | None:

@@ -141,6 +141,10 @@ def row_config(config: JobConfig, models: Sequence[Any]) -> dict[str, Any]:
             )
             if keyframes:  # exact modes give the same frames
                 entry.update(keyframes=True, max_offset_s=frames.max_offset_s)
+        elif model.task == "shots":
+            entry.update(
+                threshold=model_config.threshold, shot=[model.shot.width, model.shot.height]
+            )
         entries.append(entry)
     return {"models": entries}
 

@@ -36,7 +36,7 @@ from vidbatch.job.stages import (
     ProbeStage,
     WriteStage,
 )
-from vidbatch.specs import ClipSpec, FrameSpec
+from vidbatch.specs import ClipSpec, FrameSpec, ShotSpec
 from vidbatch.storage import redact, scrub
 
 Log = Callable[[str], None]
@@ -101,6 +101,7 @@ class Plan:
     models: list[Any]
     config_key: str
     row_config: dict[str, Any]
+    config: JobConfig
     listed: pa.Table  # every listed video with its reason (vidbatch.job.plan.decide)
     todo: pa.Table  # the videos this run processes, with their chunk
     changed: list[str]  # row-deciding config keys changed since the last run
@@ -112,24 +113,31 @@ class Plan:
     def clip_specs(self) -> tuple[ClipSpec, ...]:
         return tuple(dict.fromkeys(m.clip for m in self.models if m.task == "classify"))
 
+    @property
+    def shot_spec(self) -> tuple[ShotSpec | None, int]:
+        """What the shot models see (one spec for all of them) and their context in frames."""
+        shots = [m for m in self.models if m.task == "shots"]
+        if len({m.shot for m in shots}) > 1:
+            raise ConfigError("models: shot models with different inputs in one job")
+        return (shots[0].shot, max(m.context_frames for m in shots)) if shots else (None, 0)
+
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def load_models(config: JobConfig) -> list[Any]:
-    """Every model, on the driver: unknown names and bad weights fail before Ray starts."""
-    from vidbatch.models import load_model
+def describe_models(config: JobConfig) -> list[Any]:
+    """Each model's task, input and version from its metadata, on the driver, without building
+    it: unknown names and bad weights fail before Ray starts."""
+    from vidbatch.models import describe_model
 
-    loaded = []
+    found = []
     for i, m in enumerate(config.models):
         try:
-            loaded.append(
-                load_model(m.name, m.weights, storage_options=m.storage_options, device="cpu")
-            )
+            found.append(describe_model(m.name, m.weights, m.storage_options))
         except (ValueError, FileNotFoundError, OSError) as exc:
             raise ConfigError(f"models[{i}] ({m.name}): {describe(exc)}") from exc
-    return loaded
+    return found
 
 
 def plan_run(
@@ -138,7 +146,7 @@ def plan_run(
     """List the source and decide, against the current index, what this run processes."""
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit {limit}: must be >= 0")
-    models = load_models(config)
+    models = describe_models(config)
     if config.sampling.decode_mode == "keyframes" and any(m.task == "classify" for m in models):
         raise ConfigError(
             "sampling.decode_mode: keyframes only suits detectors; clip classifiers need every frame"
@@ -166,6 +174,7 @@ def plan_run(
         models,
         key,
         row_config,
+        config,
         decided,
         todo,
         _changed_since_last_run(store, row_config),
@@ -195,6 +204,7 @@ class VideoProgress:
     info: dict[str, Any] = field(default_factory=dict)
     frames_decoded: int = 0
     frames_used: int = 0
+    transitions: dict[str, list[list[float]]] = field(default_factory=dict)  # shot model -> cuts
 
     @property
     def finished(self) -> bool:
@@ -233,6 +243,8 @@ class ChunkTracker:
         video.frames_used += int(result["frames_used"])
         if result["error"] and video.error is None:
             video.error = result["error"]
+        for model, cuts in json.loads(result["transitions"] or "{}").items():
+            video.transitions.setdefault(model, []).extend(cuts)
         if not video.info and result["duration_s"] is not None:
             video.info = {k: result[k] for k in ("duration_s", "fps", "width", "height", "codec")}
         return chunk, video if video.finished else None
@@ -272,6 +284,53 @@ def videos_rows(plan: Plan, chunk: pa.Table, progress: dict[str, VideoProgress])
             }
         )
     return pa.Table.from_pylist(rows, schema=tables.VIDEOS)
+
+
+def shots_rows(
+    plan: Plan, chunk: pa.Table, progress: dict[str, VideoProgress], failed: frozenset[str]
+) -> pa.Table:
+    """The chunk's `shots` rows, per video and shot model, from the transitions its work units
+    found (a few per minute of video): shots need the whole video, so they are cut here."""
+    from vidbatch.models import shots_from_probabilities
+
+    models = {m.name: m for m in plan.models if m.task == "shots"}
+    rows = []
+    for video in chunk.to_pylist():
+        state = progress[video["video_id"]]
+        if video["video_id"] in failed or not models:
+            continue
+        duration = float(state.info.get("duration_s") or 0.0)
+        for name, model in models.items():
+            times, probs = _transition_frames(state.transitions.get(name, []), duration)
+            config = next(c for c in plan.config.models if c.name == name)
+            for shot in shots_from_probabilities(
+                times, probs, duration_s=duration, threshold=config.threshold
+            ):
+                rows.append(
+                    {
+                        "video_id": video["video_id"],
+                        "uri": video["uri"],
+                        **shot._asdict(),
+                        "model": name,
+                        "model_version": model.version,
+                        "run_id": plan.run_id,
+                    }
+                )
+    return pa.Table.from_pylist(rows, schema=tables.SHOTS)
+
+
+def _transition_frames(cuts: list[list[float]], duration: float) -> tuple[list[float], list[float]]:
+    """Frame times and probabilities for shots_from_probabilities from the frames over the
+    threshold: each such frame's next frame is put in at probability 0 unless it is over the
+    threshold too, so runs of consecutive frames stay runs and separate ones stay apart."""
+    over = {round(t, 6): (t, p, n) for t, p, n in cuts}
+    points = {0.0: 0.0}
+    for t, p, n in over.values():
+        points[t] = p
+        if round(n, 6) not in over and n < duration:
+            points.setdefault(n, 0.0)
+    times = sorted(points)
+    return times, [points[t] for t in times]
 
 
 def run_job(
@@ -423,6 +482,10 @@ def _commit(
     rows, progress, files = tracker.pop(chunk)
     videos = videos_rows(plan, rows, progress)
     failed = frozenset(v for v, p in progress.items() if p.error is not None)
+    shots = shots_rows(plan, rows, progress, failed)
+    if shots.num_rows:
+        files = [*files, *store.write_rows("shots", shots)]
+        tracker.rows["shots"] += shots.num_rows
     known = rows.filter(rows.column("known")).column("uri").to_pylist()
     store.commit_chunk(
         ChunkCommit(
@@ -473,9 +536,12 @@ def _results(
     frame_spec: FrameSpec | None = (
         config.sampling.frames if any(m.task == "detect" for m in plan.models) else None
     )
+    shot_spec, context_frames = plan.shot_spec
     decode = DecodeStage(
         clip_specs=plan.clip_specs,
         frame_spec=frame_spec,
+        shot_spec=shot_spec,
+        shot_context_frames=context_frames,
         storage_options=dict(config.source.storage_options),
         mode=config.sampling.decode_mode,
         timeout_s=config.resources.decode_timeout_s,

@@ -13,6 +13,7 @@ write replaces those with the descriptions of the files written.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,7 +34,7 @@ from vidbatch.job.plan import (
     plan_segments,
 )
 from vidbatch.media.isolation import Sandbox, bound_heap, run_isolated
-from vidbatch.specs import ClipSpec, FrameSpec
+from vidbatch.specs import ClipSpec, FrameSpec, ShotSpec
 
 # What the probe stage emits per work unit, and every later stage carries along.
 UNIT = pa.schema(
@@ -62,6 +63,7 @@ RESULT = pa.schema(
         ("frames_used", pa.int64()),
         ("rows", pa.string()),  # JSON: rows written per table
         ("files", pa.string()),  # JSON: DataFile descriptions (on one row per chunk and batch)
+        ("transitions", pa.string()),  # JSON: shot model -> [[time, probability, next time]]
     ]
 )
 
@@ -189,6 +191,8 @@ class DecodeStage(Stage):
     batch_format: ClassVar[str] = "numpy"
     clip_specs: tuple[ClipSpec, ...] = ()
     frame_spec: FrameSpec | None = None
+    shot_spec: ShotSpec | None = None
+    shot_context_frames: int = 0  # frames of context a shot model needs each side of a range
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     mode: str = "seek"
     timeout_s: float = 0.0
@@ -221,6 +225,11 @@ class DecodeStage(Stage):
             if self.frame_spec
             else []
         )
+        shot_range = None
+        if self.shot_spec is not None:  # the unit's frames, and context frames on each side
+            context = self.shot_context_frames / (float(row["fps"] or 0) or 30.0)
+            end = math.inf if last else segment.end_s + context
+            shot_range = (max(0.0, segment.start_s - context), end)
         sampled = None
         if not row["error"]:
             try:
@@ -232,6 +241,8 @@ class DecodeStage(Stage):
                     clips=starts,
                     frame_spec=self.frame_spec,
                     frame_times=times,
+                    shots=self.shot_spec,
+                    shot_range=shot_range,
                     storage_options=self.storage_options,
                     mode=self.mode,
                 )
@@ -254,6 +265,12 @@ class DecodeStage(Stage):
             frames, shown = frames[first], at[first]
         put_array(out, "frames", frames, (1, 1, 3))
         out["frame_times"] = np.asarray(shown, np.float64)
+        if self.shot_spec is not None:
+            shape = (self.shot_spec.height, self.shot_spec.width, 3)
+            put_array(out, "shot_frames", sampled.shot_frames if sampled else None, shape)
+            out["shot_times"] = np.asarray(
+                sampled.shot_times if sampled and sampled.shot_times is not None else [], np.float64
+            )
         return out
 
 
@@ -314,17 +331,20 @@ class InferenceStage(Stage):
             self.setup()
         units = [_row(batch, i) for i in range(len(batch["video_id"]))]
         results: dict[str, list[bytes]] = {name: [] for name in tables.MODEL_TABLES}
-        errors = []
+        errors, transitions = [], []
         for unit in units:
             error = str(unit["error"]) or ""
             found = {name: tables.empty(name) for name in tables.MODEL_TABLES}
+            cuts: dict[str, list[list[float]]] = {}
             if not error:
                 try:
                     found["clips"] = self.classify(unit)
                     found["detections"] = self.detect(unit)
+                    cuts = self.transitions(unit)
                 except Exception as exc:  # a model failing on one input fails that video only
                     error = f"inference: {describe(exc)}"
             errors.append(error)
+            transitions.append(json.dumps(cuts))
             for name, table in found.items():
                 results[name].append(tables.to_ipc(table))
         carried = {
@@ -338,6 +358,7 @@ class InferenceStage(Stage):
                 "error": pa.array(errors, pa.string()),
                 "frames_decoded": pa.array([int(u["frames_decoded"]) for u in units], pa.int64()),
                 "frames_used": pa.array([int(u["frames_used"]) for u in units], pa.int64()),
+                "transitions": pa.array(transitions, pa.string()),
                 **{name: pa.array(data, pa.large_binary()) for name, data in results.items()},
             }
         )
@@ -376,6 +397,30 @@ class InferenceStage(Stage):
             if len(frames)
         ]
         return pa.concat_tables(parts) if parts else tables.empty("detections")
+
+    def transitions(self, unit: Mapping[str, Any]) -> dict[str, list[list[float]]]:
+        """Per shot model, the frames of this unit's own range whose transition probability
+        passes the model's threshold, as [time, probability, next frame's time]: all the driver
+        needs to cut the whole video into shots (vidbatch.models.shots_from_probabilities)
+        without every frame's score crossing the cluster."""
+        models = self._models("shots")
+        if not models:
+            return {}
+        frames = get_array(unit, "shot_frames")
+        times = np.asarray(unit["shot_times"], np.float64)
+        last = int(unit["segment_index"]) == int(unit["segment_count"]) - 1
+        start, end = float(unit["start_s"]), math.inf if last else float(unit["end_s"])
+        following = np.r_[times[1:], float(unit["duration_s"])]
+        own = (times >= start - 1e-9) & (times < end - 1e-9)
+        found = {}
+        for config, model in models:
+            probs = model.predict(frames) if len(frames) else np.zeros(0, np.float32)
+            keep = own & (probs > config.threshold)
+            found[model.name] = [
+                [float(t), float(p), float(n)]
+                for t, p, n in zip(times[keep], probs[keep], following[keep], strict=True)
+            ]
+        return found
 
     def _clip_rows(
         self, unit: Mapping[str, Any], model: Any, top_k: int, starts: np.ndarray, probs: np.ndarray
@@ -465,6 +510,8 @@ class WriteStage(Stage):
             for i, chunk in enumerate(chunks)
         ]
         columns = {name: batch.column(name) for name in RESULT.names if name in batch.column_names}
+        if "transitions" not in columns:
+            columns["transitions"] = pa.array(["{}"] * batch.num_rows, pa.string())
         columns["rows"] = pa.array([json.dumps(r) for r in rows_written], pa.string())
         columns["files"] = pa.array(files, pa.string())
         return pa.table(columns).select(RESULT.names).cast(RESULT)
