@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -52,9 +53,10 @@ class Decoded:
     delivered: int = 0  # distinct frames per sample time (keyframes mode repeats some)
     seconds: float = 0.0
     video_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU time, decoder threads included
 
     def add(self, other: Decoded) -> None:
-        for name in ("decoded", "used", "delivered", "seconds", "video_s"):
+        for name in ("decoded", "used", "delivered", "seconds", "video_s", "cpu_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -281,6 +283,11 @@ def _probed(path: Path) -> VideoInfo:
     return probe(str(path))
 
 
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def decode_variants() -> dict[str, Callable[[Path], tuple[Decoded, Any]]]:
     return {
         "bare: decode all": bare_all,
@@ -306,15 +313,21 @@ def decode_part(say, record, media_sets: dict, rounds: int) -> dict[str, dict[st
             for variant in order[r % len(order) :] + order[: r % len(order)]:
                 total = Decoded()
                 for path in files:
-                    total.add(variants[variant](path)[0])
+                    cpu = _cpu()
+                    got = variants[variant](path)[0]
+                    got.cpu_s = _cpu() - cpu
+                    total.add(got)
                 totals[variant].append(total)
         base = statistics.median(t.seconds for t in totals[floor])
         results[name] = {variant: runs[0] for variant, runs in totals.items()}
+        base_cpu = statistics.median(t.cpu_s for t in totals[floor])
         for variant, runs in totals.items():
             seconds = statistics.median(t.seconds for t in runs)
+            cpu = statistics.median(t.cpu_s for t in runs)
             t = runs[0]
             say(
-                f"    {variant:34s} {seconds:7.2f} s  {t.decoded:6d} decoded / {t.used:5d} used"
+                f"    {variant:34s} {seconds:7.2f} s ({cpu:6.2f} s CPU; floor / this "
+                f"{base_cpu / cpu:.2f}x)  {t.decoded:6d} decoded / {t.used:5d} used"
                 f" = {t.decoded / max(t.used, 1):5.1f} per frame used; delivered "
                 f"{t.delivered / t.video_s:.2f} frames/s; floor / this {base / seconds:.2f}x"
             )
