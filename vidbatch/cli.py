@@ -120,20 +120,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vidbatch.tools.evaluate import evaluate, format_report
 
-    print(format_report(evaluate(args.predictions, args.truth)))
+    print(format_report(evaluate(args.predictions, args.truth, args.storage_options)))
     return 0
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from vidbatch.tools.query import query, to_text, write_table
+    from vidbatch.tools.query import query, to_text
+    from vidbatch.tools.search import write_results
 
     table = query(args.output, args.sql, args.storage_options, as_of=args.as_of)
     if args.format == "table":
         print(to_text(table))
-    else:
-        if not args.out:
-            raise ConfigError(f"--format {args.format} needs --out FILE")
-        write_table(table, args.format, args.out)
+        return 0
+    write_results(table, args.format, args.out, args.output, args.storage_options)
+    if args.out:  # without --out stdout holds the data and nothing else
         print(f"wrote {table.num_rows} rows to {args.out}")
     return 0
 
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidbatch.tools.search import add_search_parser, storage_options_arg
 
     parser = argparse.ArgumentParser(prog="vidbatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vidbatch {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("run", help="index an archive as a config describes")
@@ -196,14 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("eval", help="accuracy / per-class recall, mAP against ground truth")
     p.add_argument("--predictions", required=True, help="an index output URI or a Parquet file")
-    p.add_argument("--truth", required=True, help="labels.parquet or boxes.parquet")
+    p.add_argument(
+        "--truth", required=True, help="labels/boxes .parquet or .csv, or a synth archive folder"
+    )
+    p.add_argument(
+        "--storage-options",
+        type=storage_options_arg,
+        metavar="JSON",
+        help="fsspec options for both URIs",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = verbs.add_parser("query", help="SQL (DuckDB) over the output tables")
     p.add_argument("output", help="the job's output.uri")
     p.add_argument("sql")
-    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    p.add_argument("--out", help="file to write for csv/json/parquet")
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "parquet"],
+        default="table",
+        help="table (default) prints for reading; csv and json go to stdout without --out",
+    )
+    p.add_argument(
+        "--out", metavar="FILE|URI", help="file or URI (s3://...) to write; needed for parquet"
+    )
     p.add_argument(
         "--as-of",
         metavar="VERSION|TIMESTAMP",
@@ -224,16 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidbatch")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def _error(exc: BaseException) -> str:
+    """One line: the message with its library's details kept, lines joined."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"vidbatch: error: {text or type(exc).__name__}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (StorageError, IndexBusyError) as exc:  # nothing half-visible was left behind
-        print(f"vidbatch: error: {exc}", file=sys.stderr)
+        print(_error(exc), file=sys.stderr)
         return 1
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"vidbatch: error: {exc}", file=sys.stderr)
+        print(_error(exc), file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a full disk: the message names the file
+        print(_error(exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ class Resources:
     gpus_per_actor: float | str = "auto"
     actors: int | str = "auto"  # inference actors
     batch_size: int | str = "auto"  # inputs (clips or frames) per model forward pass
+    # Decode workers. auto: with GPUs one per CPU left; without GPUs decoding runs inside the
+    # inference workers (no copy of decoded frames between processes). A number splits them.
+    decode_actors: int | str = "auto"
     decode_cpus: float = 1.0
     commit_every: int = 64  # videos per committed chunk: what a killed driver can lose
     # Probe and decode run in a child process with these deadlines (seconds; 0: in-process,
@@ -101,7 +104,9 @@ class JobConfig:
             raise ConfigError("max_retries: must be >= 0")
         limits = self.limits
         if limits.max_video_hours <= 0 or limits.max_segments_per_video < 1:
-            raise ConfigError("limits: max_video_hours > 0 and max_segments_per_video >= 1 required")
+            raise ConfigError(
+                "limits: max_video_hours > 0 and max_segments_per_video >= 1 required"
+            )
         if limits.min_bitrate_bps < 0:
             raise ConfigError("limits.min_bitrate_bps: must be >= 0")
         offset = self.sampling.frames.max_offset_s
@@ -112,7 +117,7 @@ class JobConfig:
         for key in ("probe_timeout_s", "decode_timeout_s"):
             if getattr(self.resources, key) < 0:
                 raise ConfigError(f"resources.{key}: must be >= 0 (0 turns isolation off)")
-        for key in ("gpus_per_actor", "actors", "batch_size"):
+        for key in ("gpus_per_actor", "actors", "batch_size", "decode_actors"):
             value = getattr(self.resources, key)
             if isinstance(value, str) and value != "auto":
                 raise ConfigError(f"resources.{key}: expected a number or 'auto', got {value!r}")
@@ -217,8 +222,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return config_from_dict(apply_overrides(data, overrides or []))
+        raise ConfigError(f"{path}:{_yaml_problem(exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys (source:, output:, models: ...), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        data = apply_overrides(data, overrides or [])
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set:{_yaml_problem(exc, where=False)}") from exc
+    return config_from_dict(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError, *, where: bool = True) -> str:
+    """`LINE:COLUMN: not valid YAML: problem (context at LINE:COLUMN)`, 1-based, one line."""
+    mark = getattr(exc, "problem_mark", None)
+    at = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None and where else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and where:
+        context = f"{context} at {context_mark.line + 1}:{context_mark.column + 1}"
+    detail = f"{problem} ({context})" if context else problem
+    return f"{at} not valid YAML: {detail}"
 
 
 def config_from_dict(data: dict[str, Any]) -> JobConfig:
