@@ -115,7 +115,9 @@ def find_intervals(
     try:
         table = con.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
-        raise ValueError(f"search failed: {str(exc).splitlines()[0]}") from exc
+        from vidbatch.tools.query import one_line
+
+        raise ValueError(f"search failed: {one_line(str(exc))}") from exc
     return table.cast(result_schema())
 
 
@@ -191,7 +193,7 @@ def storage_options_arg(text: str) -> dict[str, Any]:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from vidbatch.tools.query import to_text, write_table
+    from vidbatch.tools.query import to_text
 
     table = search(
         args.output,
@@ -204,33 +206,108 @@ def _cmd_search(args: argparse.Namespace) -> int:
         storage_options=args.storage_options,
     )
     if args.format != "table":
-        write_table(table, args.format, args.out)
-        print(f"wrote {table.num_rows} intervals to {args.out}")
+        write_results(table, args.format, args.out, args.output, args.storage_options)
+        if args.out:
+            print(f"wrote {table.num_rows} intervals to {args.out}")
     elif table.num_rows:
         shown = table.select(["uri", "start_s", "end_s", "max_score", "model", "source", "hits"])
         print(to_text(shown))
     else:
-        print(_nothing_found(args.output, args.label, args.storage_options))
+        print(_nothing_found(args.output, args.label, args.model, args.storage_options))
     return 0
 
 
-def _nothing_found(output_uri: str, label: str, storage_options: Mapping[str, Any] | None) -> str:
-    """Say whether the label exists at all: a typo and a strict filter need different fixes."""
+def write_results(
+    table: pa.Table,
+    fmt: str,
+    out: str | None,
+    index_uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Results of `query` or `search` as `fmt`: to `out` (a local path or any fsspec URI,
+    written whole), or to stdout when there is no `out` (CSV and JSON Lines only).
+
+    `out` on the same kind of store as the index (both s3://, say) is written with the
+    index's storage_options; elsewhere with none, so a local file never gets S3 options."""
+    import sys
+
+    from vidbatch.tools.query import FORMATS, write_table
+
+    if out:
+        same_store = _protocol(out) == _protocol(index_uri)
+        write_table(table, fmt, out, storage_options if same_store else None)
+        return
+    if fmt not in FORMATS or fmt == "parquet":
+        raise ValueError(f"--format {fmt} needs --out FILE (only csv and json go to stdout)")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(encode_text(table, fmt))
+    sys.stdout.buffer.flush()
+
+
+def encode_text(table: pa.Table, fmt: str) -> bytes:
+    """CSV (nested columns as JSON text) or JSON Lines, as `query.write_table` writes them."""
+    import io
+    import json
+
+    import pyarrow.csv as pacsv
+
+    from vidbatch.tools.query import _flatten_nested, _json_value
+
+    buffer = io.BytesIO()
+    if fmt == "csv":
+        pacsv.write_csv(_flatten_nested(table), buffer)
+    else:
+        for row in table.to_pylist():
+            line = json.dumps(row, default=_json_value, ensure_ascii=False)
+            buffer.write(line.encode() + b"\n")
+    return buffer.getvalue()
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def closest(name: str, known: list[str], what: str) -> str:
+    """`what 'x' is not in this index; ` and the closest known names, or a short list of them."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        return (
+            f"{what} {name!r} is not in this index; did you mean {' or '.join(map(repr, close))}?"
+        )
+    shown = ", ".join(known[:20]) + (f" ... ({len(known)} in all)" if len(known) > 20 else "")
+    return f"{what} {name!r} is not in this index; {what}s: {shown or '(none)'}"
+
+
+def _nothing_found(
+    output_uri: str, label: str, model: str | None, storage_options: Mapping[str, Any] | None
+) -> str:
+    """Say whether the label (and model) exist at all: a typo and a strict filter need
+    different fixes."""
     from vidbatch.tools.query import connect
 
     con = connect(output_uri, storage_options)
     try:
-        known = [
+        labels = [
             row[0]
             for row in con.sql(
                 "SELECT label FROM clips UNION SELECT label FROM detections ORDER BY 1"
             ).fetchall()
         ]
+        models = [
+            row[0]
+            for row in con.sql(
+                "SELECT model FROM clips UNION SELECT model FROM detections ORDER BY 1"
+            ).fetchall()
+        ]
     finally:
         con.close()
-    if label in known:
-        return f"no intervals of {label!r} pass these filters"
-    return f"label {label!r} is not in this index; labels: {', '.join(known) or '(none)'}"
+    if label not in labels:
+        return closest(label, labels, "label")
+    if model is not None and model not in models:
+        return closest(model, models, "model")
+    return f"no intervals of {label!r} pass these filters"
 
 
 def add_search_parser(verbs: Any) -> argparse.ArgumentParser:
@@ -261,8 +338,15 @@ def add_search_parser(verbs: Any) -> argparse.ArgumentParser:
         help=f"merge rows at most this far apart (default {CLIP_GAP_S} s between clips, "
         f"{DETECTION_GAP_S} s between detection frames; use 1.5/fps for other frame rates)",
     )
-    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    p.add_argument("--out", help="file to write for csv/json/parquet")
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "parquet"],
+        default="table",
+        help="table (default) prints for reading; csv and json go to stdout without --out",
+    )
+    p.add_argument(
+        "--out", metavar="FILE|URI", help="file or URI (s3://...) to write; needed for parquet"
+    )
     p.add_argument(
         "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
     )
