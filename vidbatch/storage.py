@@ -174,6 +174,11 @@ def _secret_values(options: Any, key: str = "") -> list[str]:
         return []
     found = [options] if _SECRET_KEY.search(key) else []
     found += [password for _, password in _USERINFO_SECRET.findall(options) if len(password) >= 4]
+    # Connection strings (Azure's "AccountName=a;AccountKey=..."): each secret part alone.
+    for part in options.split(";") if ";" in options else ():
+        name, _, value = part.partition("=")
+        if value and len(value) >= 4 and _SECRET_KEY.search(name):
+            found.append(value.strip())
     return found
 
 

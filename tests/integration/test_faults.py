@@ -4,14 +4,13 @@ inference actor. Ray retries and restarts; the job must finish with every expect
 exactly once (DESIGN.md, "Failure rules": a killed worker, actor or node is retried by Ray).
 
 The cluster is head + 2 workers with one CPU each (tests/support/ray_cluster.py), private to this
-module. The job decodes in Ray Data map tasks (`Map(DecodeStage)`, decode_cpus 0.5 so they are
-not fused into the actors) and infers in one actor (`MapWorker(MapBatches(InferenceStage))`);
-after a node is gone two CPUs remain: the actor's and two half-CPU decode tasks'.
+module. The job decodes in two decode actors (`resources.decode_actors: 2`, so decoding is not
+fused into the inference worker; `MapWorker(MapBatches(DecodeStage))`) and infers in one actor
+(`MapWorker(MapBatches(InferenceStage))`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as pds
 import pytest
 import yaml
 
+from tests.support.index import expected_clips
+from tests.support.index import read as read_index
 from tests.support.ray_cluster import (
-    REPO,
     LocalCluster,
     alive,
     cmdline,
@@ -37,10 +36,9 @@ from tests.support.ray_cluster import (
     submit_command,
 )
 
-WEIGHTS = REPO / "vidbatch" / "assets" / "motion-cnn.safetensors"
 INFERENCE = "ray::MapWorker(MapBatches(InferenceStage))"  # + ".submit" etc. while it works
 BUSY_ACTOR = INFERENCE + ".submit"  # running a batch
-DECODE = "ray::Map(DecodeStage)"  # exactly this while a task runs; "ray::IDLE" between tasks
+DECODE = "ray::MapWorker(MapBatches(DecodeStage)).submit"  # a decode actor running a batch
 VIDEOS, COMMIT_EVERY = 16, 2
 CHUNKS = VIDEOS // COMMIT_EVERY
 
@@ -74,8 +72,8 @@ def ray_processes(cluster: LocalCluster) -> list[tuple[str, int, str, str]]:
 
 
 def committed_chunks(output: Path) -> int:
-    """Chunks committed so far: each commit ends with one videos file."""
-    return len(list((output / "videos").glob("date=*/*.parquet")))
+    """Chunks committed so far: each ends with one videos commit (version 0: the empty table)."""
+    return max(0, len(list((output / "videos" / "_delta_log").glob("*.json"))) - 1)
 
 
 def wait(what: str, probe: Callable[[], Any], job: subprocess.Popen, timeout: float) -> Any:
@@ -96,7 +94,7 @@ def children_of(pid: int) -> dict[int, str]:
 
 
 def read(output: Path, table: str) -> list[dict[str, Any]]:
-    return pds.dataset(str(output / table), partitioning="hive").to_table().to_pylist()
+    return read_index(output, table)
 
 
 def retries(cluster: LocalCluster, pids: set[int]) -> tuple[list[dict], list[dict]]:
@@ -128,15 +126,12 @@ def retries(cluster: LocalCluster, pids: set[int]) -> tuple[list[dict], list[dic
 def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    from vidbatch.job.plan import clip_count
-    from vidbatch.media.decode import probe
     from vidbatch.media.synth import synthesize
-    from vidbatch.models import read_metadata
 
     t0 = time.monotonic()
     made = synthesize(tmp_path / "archive", VIDEOS, seed=21, min_seconds=6.0, max_seconds=8.0)
-    clip = read_metadata(str(WEIGHTS)).clip
-    expected = {Path(u).name: clip_count(probe(u).duration_s, clip) for u in made.uris}
+    clip_seconds = 2.0  # motion-cnn: 16 frames at 8 fps
+    expected = {Path(u).name: expected_clips(u, clip_seconds) for u in made.uris}
     output = tmp_path / "index"
     config = tmp_path / "job.yaml"
     config.write_text(
@@ -146,12 +141,13 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
                 "output": {"uri": str(output)},
                 "models": [{"name": "motion-cnn"}],
                 "incremental": False,
-                "sampling": {"segment_seconds": clip.seconds},  # one clip per work unit
+                "sampling": {"segment_seconds": clip_seconds},  # one clip per work unit
                 "resources": {
                     "actors": 1,
+                    "decode_actors": 2,
                     "decode_cpus": 0.5,
                     "commit_every": COMMIT_EVERY,
-                    "probe_timeout_s": 0,  # probe in the driver: faster; decode stays isolated
+                    "probe_timeout_s": 0,  # probe unisolated: faster; decode stays isolated
                 },
             }
         )
@@ -187,10 +183,10 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
         )
 
     try:
-        # 1. A decode worker while it decodes: titled as running a DecodeStage task, with its
+        # 1. A decode worker while it decodes: titled as running a DecodeStage batch, with its
         # isolation child (vidbatch.media.isolation) started.
         decoding = running(lambda node, pid, title: title == DECODE and bool(children_of(pid)))
-        decoder = kill("a decode worker running a task", decoding, 240)
+        decoder = kill("a decode worker running a batch", decoding, 240)
 
         # 2. A worker node while it runs a decode task: every process of it at once, as a lost
         # machine (its raylet, workers, and object store with their decoded blocks).
@@ -257,10 +253,9 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
 
     # The job: success, and every expected row exactly once.
     assert rc == 0 and "succeeded" in log_tail(), log_tail()
-    (record_path,) = (output / "_runs").glob("*.json")
-    record = json.loads(record_path.read_text())
+    (record,) = read(output, "runs")
     assert record["status"] == "ok"
-    assert record["counts"]["ok"] == VIDEOS and record["counts"]["failed"] == 0
+    assert record["ok"] == VIDEOS and record["failed"] == 0
     videos = read(output, "videos")
     assert Counter(Path(v["uri"]).name for v in videos) == Counter(expected.keys())
     assert {v["status"] for v in videos} == {"ok"}
@@ -270,5 +265,4 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
     names = {v["video_id"]: Path(v["uri"]).name for v in videos}
     assert Counter(names[c["video_id"]] for c in clips) == Counter(expected)
-    assert record["counts"]["clips"] == sum(expected.values())
-    assert not list(output.rglob("_staging*")), "staging leftovers"
+    assert record["clips"] == sum(expected.values())

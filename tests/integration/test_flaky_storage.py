@@ -2,8 +2,9 @@
 
 - Through a proxy failing a quarter of all requests (500, 503, dropped connections, lost
   responses), listing, reads and the commit retry and the job's output is complete and exact.
-- When output storage goes down in the middle of a commit, the job fails with one line naming
-  the output URI; readers see only whole chunks, and the rerun gives every row exactly once.
+- When output storage goes down in the middle of a chunk's commit (after its clips commit,
+  before its videos commit), the job fails with one line naming the output URI; readers see
+  only whole chunks, and the rerun restores the half-done commit and gives every row once.
 
 What the job relies on per request is botocore's own retry (vidbatch asks for `standard` mode,
 8 attempts, unless storage_options say otherwise); on top of that, `vidbatch.storage.retrying`
@@ -17,27 +18,26 @@ import http.client
 import io
 import logging
 from collections import Counter
+from datetime import datetime, timezone
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.dataset as pds
 import pytest
 import s3fs
 
 from tests.conftest import job_config, make_bucket
 from tests.support.flaky_proxy import FlakyProxy
+from tests.support.index import expected_clips
+from tests.support.index import read as read_index
 from vidbatch import storage
 from vidbatch.config import config_from_dict
 from vidbatch.errors import ConfigError
 from vidbatch.index import tables
-from vidbatch.index.history import read_run_records
-from vidbatch.index.sink import TableSink
+from vidbatch.index.store import ChunkCommit, IndexStore
 from vidbatch.job.catalog import list_videos
-from vidbatch.job.plan import clip_count
 from vidbatch.job.run import run_job
 from vidbatch.media.decode import probe
-from vidbatch.models import load_model
 from vidbatch.storage import RetryPolicy, StorageError, open_input
 
 VIDEOS = 4
@@ -60,16 +60,8 @@ def direct(s3_server: str) -> s3fs.S3FileSystem:
 
 
 def rows(s3_server: str, output: str, name: str) -> list[dict]:
-    fs, path = direct(s3_server), f"{output.removeprefix('s3://')}/{name}"
-    if not fs.exists(path):
-        return []
-    return pds.dataset(path, filesystem=fs, partitioning="hive").to_table().to_pylist()
-
-
-def parquet_files(s3_server: str, output: str) -> set[str]:
-    return {
-        p for p in direct(s3_server).find(output.removeprefix("s3://")) if p.endswith(".parquet")
-    }
+    """What a reader going straight to moto sees (one snapshot of the index)."""
+    return read_index(output, name, options(s3_server))
 
 
 def clip_key(c: dict) -> tuple:
@@ -165,14 +157,19 @@ def test_vidbatch_retries_listing_reads_and_commit_on_its_own(
         assert data == clean.cat_file(first)
         assert probe(first, opts) == probe(first, options(s3_server))
 
-        sink = TableSink("s3://flaky-unit/idx", opts, run_id="unit")
-        for part in ("p0", "p1", "p2"):
-            table = pa.Table.from_pylist([{"video_id": part, "status": "ok"}], schema=tables.VIDEOS)
-            sink.stage("videos", table, {"date": "2026-01-01"}, part=part)
-        assert sink.commit() == [f"videos/date=2026-01-01/{p}.parquet" for p in ("p0", "p1", "p2")]
+        store = IndexStore("s3://flaky-unit/idx", opts)
+        store.ensure_tables()
+        for sequence, part in enumerate(("p0", "p1", "p2"), start=1):
+            row = {
+                "video_id": part,
+                "uri": f"s3://x/{part}.mp4",
+                "status": "ok",
+                "processed_at": datetime.now(timezone.utc),
+            }
+            table = pa.Table.from_pylist([row], schema=tables.VIDEOS)
+            store.commit_chunk(ChunkCommit(sequence, "unit", table))
     committed = rows(s3_server, "s3://flaky-unit/idx", "videos")
     assert sorted(v["video_id"] for v in committed) == ["p0", "p1", "p2"]
-    assert not clean.exists("flaky-unit/idx/_staging/unit")
     assert all(proxy.counts[k] > 0 for k in ("500", "503", "drop", "lost")), proxy.counts
     retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     # 500s and 503s reach vidbatch directly (aiohttp itself redoes a dropped keep-alive request once).
@@ -202,8 +199,8 @@ def test_storage_down_is_a_one_line_error_naming_the_uri(s3_server, archive, mon
 
 @pytest.fixture(scope="module")
 def interrupted(ray_session, s3_server, archive):
-    """A nightly-style job whose output storage goes down after the first chunk is committed
-    and the second chunk's clips file has been copied into place; then the same job again."""
+    """A nightly-style job whose output storage goes down right after the second chunk's clips
+    commit, before its videos commit; then the same job again."""
     make_bucket(s3_server, "flaky-down")
     output = "s3://flaky-down/idx"
     with FlakyProxy(s3_server, down_fault="503") as proxy, pytest.MonkeyPatch.context() as mp:
@@ -216,20 +213,20 @@ def interrupted(ray_session, s3_server, archive):
             proxy.url, config_kwargs={"retries": {"mode": "standard", "total_max_attempts": 2}}
         )
         config = config_from_dict(config)
-        copies: list[str] = []
 
-        def second_clips_copy(method: str, path: str, headers: dict) -> bool:
-            if method == "PUT" and "x-amz-copy-source" in headers and "/idx/clips/" in path:
-                copies.append(path)
-            return len(copies) == 2
+        def second_clips_commit(method: str, path: str, headers: dict) -> bool:
+            # Version 0 is the empty table, 1 the first chunk, 2 the second.
+            return method == "PUT" and path.endswith(f"/idx/clips/_delta_log/{2:020d}.json")
 
-        proxy.trip_when(second_clips_copy)
+        proxy.trip_when(second_clips_commit)
         with pytest.raises(StorageError) as failure:
             run_job(config)
+        clips_log = direct(s3_server).ls("flaky-down/idx/clips/_delta_log")
         after_failure = SimpleNamespace(
             videos=rows(s3_server, output, "videos"),
             clips=rows(s3_server, output, "clips"),
-            files=parquet_files(s3_server, output),
+            latest_clips=IndexStore(output, options(s3_server)).read("clips").to_pylist(),
+            clips_versions=sorted(p.rsplit("/", 1)[-1] for p in clips_log if p.endswith(".json")),
         )
         assert proxy.counts["tripped"] == 1 and proxy.counts["503"] > 0, proxy.counts
         proxy.down = False  # storage is back
@@ -241,48 +238,42 @@ def interrupted(ray_session, s3_server, archive):
         rerun=rerun,
         videos=rows(s3_server, output, "videos"),
         clips=rows(s3_server, output, "clips"),
-        files=parquet_files(s3_server, output),
-        staging=direct(s3_server).find("flaky-down/idx/_staging"),
     )
 
 
-def test_storage_down_during_commit_fails_cleanly_and_the_rerun_completes(interrupted):
+def test_storage_down_during_commit_fails_cleanly_and_the_rerun_completes(
+    interrupted, small_archive
+):
     message = str(interrupted.error)
-    assert "\n" not in message and message.startswith("storage: s3://flaky-down/idx/"), message
-    assert "unreachable after 3 attempts" in message and "Service" in message
+    assert "\n" not in message and message.startswith("storage: s3://flaky-down/idx"), message
+    assert "unreachable after 3 attempts" in message
     assert SECRET not in message and KEY not in message
 
-    # What a reader sees after the failure: the first chunk whole, nothing of the second chunk
-    # in `videos`; its clips file (moved before storage went down) has no `videos` twin.
+    # The second chunk's clips commit landed (clips version 2), its videos commit did not.
     seen = interrupted.after_failure
+    assert seen.clips_versions[-1] == f"{2:020d}.json"
+    assert len({c["video_id"] for c in seen.latest_clips}) == 4
+    # A reader sees the first chunk whole and nothing of the second.
     assert len(seen.videos) == 2 and {v["status"] for v in seen.videos} == {"ok"}
-    committed = {v["video_id"] for v in seen.videos}
-    orphans = {p for p in seen.files if "/clips/" in p} - {
-        p.replace("/videos/", "/clips/model=motion-cnn/") for p in seen.files if "/videos/" in p
-    }
-    assert len(orphans) == 1, seen.files
-    spec = load_model("motion-cnn").clip
-    durations = {v["video_id"]: v["duration_s"] for v in seen.videos}
-    for video_id in committed:
-        got = [c for c in seen.clips if c["video_id"] == video_id]
-        assert len(got) == clip_count(durations[video_id], spec)
+    assert {c["video_id"] for c in seen.clips} == {v["video_id"] for v in seen.videos}
+    local = {uri.rsplit("/", 1)[-1]: uri for uri in small_archive.uris}
 
-    # The same command again: the rest is indexed, the orphan's path is rewritten, nothing doubles.
+    def clips_of(video: dict, clips: list[dict]) -> int:
+        return sum(1 for c in clips if c["video_id"] == video["video_id"])
+
+    for video in seen.videos:
+        assert clips_of(video, seen.clips) == expected_clips(
+            local[video["uri"].rsplit("/", 1)[-1]], 2.0
+        )
+
+    # The same command again: the half-done commit is undone, the rest is indexed, once.
     assert (interrupted.rerun.ok, interrupted.rerun.skipped, interrupted.rerun.failed) == (2, 2, 0)
-    assert orphans <= interrupted.files  # same path, now with its `videos` twin: committed
-    names = {p.rsplit("/", 1)[-1] for p in interrupted.files if "/videos/" in p}
-    assert {p.rsplit("/", 1)[-1] for p in orphans} <= names
-    ok = [v for v in interrupted.videos if v["status"] == "ok"]
-    assert len(ok) == VIDEOS and len({v["video_id"] for v in ok}) == VIDEOS
-    assert Counter(v["status"] for v in interrupted.videos) == {"ok": VIDEOS, "skipped": 2}
+    assert len(interrupted.videos) == VIDEOS and {v["status"] for v in interrupted.videos} == {"ok"}
     keys = Counter((c["video_id"], c["model"], c["clip_start_s"]) for c in interrupted.clips)
     assert max(keys.values()) == 1
-    durations = {v["video_id"]: v["duration_s"] for v in ok}
-    for video_id, duration in durations.items():
-        assert sum(1 for c in interrupted.clips if c["video_id"] == video_id) == clip_count(
-            duration, spec
-        )
-    assert not interrupted.staging
+    for video in interrupted.videos:
+        local_path = local[video["uri"].rsplit("/", 1)[-1]]
+        assert clips_of(video, interrupted.clips) == expected_clips(local_path, 2.0)
 
 
 def test_job_through_flaky_storage_writes_the_same_rows(
@@ -315,6 +306,5 @@ def test_job_through_flaky_storage_writes_the_same_rows(
     clips = Counter(clip_key(c) for c in rows(s3_server, output, "clips"))
     assert clips == Counter(clip_key(c) for c in interrupted.clips)
     assert max(clips.values()) == 1
-    assert not direct(s3_server).find("flaky-out/idx/_staging")
-    assert [r["status"] for r in read_run_records(output, options(s3_server))] == ["ok"]
+    assert [r["status"] for r in rows(s3_server, output, "runs")] == ["ok"]
     print(f"flaky proxy: {dict(proxy.counts)}")

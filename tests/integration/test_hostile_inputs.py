@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.dataset as pds
 import pytest
 
 from tests.conftest import job_config
 from tests.support import media
+from tests.support.index import read
 from vidbatch.config import config_from_dict
 from vidbatch.errors import StageError
 from vidbatch.job.plan import clip_count
@@ -347,8 +347,7 @@ def indexed(ray_session, hostile, tmp_path_factory):
         )
     )
     summary = run_job(config, log=lambda message: None)
-    read = lambda table: pds.dataset(str(out / table), partitioning="hive").to_table().to_pylist()  # noqa: E731
-    return summary, read("videos"), read("clips"), read("detections")
+    return summary, read(out, "videos"), read(out, "clips"), read(out, "detections")
 
 
 def test_job_over_every_hostile_file_writes_one_row_each(indexed, hostile):

@@ -8,7 +8,6 @@ token, stopped without `ray stop`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import urllib.error
 import urllib.request
@@ -17,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as pds
 import pytest
 import yaml
 
+from tests.support.index import read as read_index
 from tests.support.ray_cluster import (
     REPO,
     LocalCluster,
@@ -50,12 +49,11 @@ def submit(cluster: LocalCluster, config: Path) -> str:
 
 
 def read(output: Path, table: str) -> list[dict[str, Any]]:
-    return pds.dataset(str(output / table), partitioning="hive").to_table().to_pylist()
+    return read_index(output, table)
 
 
 def run_records(output: Path) -> list[dict[str, Any]]:
-    records = [json.loads(p.read_text()) for p in (output / "_runs").glob("*.json")]
-    return sorted(records, key=lambda r: r["started_at"])
+    return sorted(read(output, "runs"), key=lambda r: r["started_at"])
 
 
 def test_cluster_requires_the_token(cluster: LocalCluster) -> None:
@@ -103,7 +101,7 @@ def test_submitted_job_indexes_then_reindexes_only_new_videos(
     assert {c["video_id"] for c in clips} == {v["video_id"] for v in videos}
     assert {c["model"] for c in clips} == {"motion-cnn"}
     (record,) = run_records(output)
-    assert record["status"] == "ok" and record["counts"]["ok"] == 4
+    assert record["status"] == "ok" and record["ok"] == 4
 
     for uri in later:
         shutil.copy(uri, source)
@@ -112,18 +110,19 @@ def test_submitted_job_indexes_then_reindexes_only_new_videos(
     assert len(records) == 2
     second = records[-1]
     assert second["status"] == "ok"
-    assert second["planned"] == {"new": 2, "skipped": 4}
-    assert {k: second["counts"][k] for k in ("videos", "ok", "skipped", "failed")} == {
-        "videos": 6,
+    assert dict(second["planned"]) == {"new": 2, "skipped": 4}
+    assert {k: second[k] for k in ("listed", "ok", "skipped", "failed")} == {
+        "listed": 6,
         "ok": 2,
         "skipped": 4,
         "failed": 0,
     }
-    rows = [v for v in read(output, "videos") if v["run_id"] == second["run_id"]]
-    done = sorted(Path(v["uri"]).name for v in rows if v["status"] == "ok")
+    videos = read(output, "videos")
+    assert len(videos) == 6 and {v["status"] for v in videos} == {"ok"}  # one row per uri
+    rows = [v for v in videos if v["run_id"] == second["run_id"]]
+    done = sorted(Path(v["uri"]).name for v in rows)
     assert done == sorted(Path(u).name for u in later)
-    assert Counter(v["status"] for v in rows) == {"ok": 2, "skipped": 4}
-    new_ids = {v["video_id"] for v in rows if v["status"] == "ok"}
+    new_ids = {v["video_id"] for v in rows}
     clips = read(output, "clips")
     assert {c["video_id"] for c in clips if c["run_id"] == second["run_id"]} == new_ids
     keys = Counter((c["video_id"], c["model"], c["clip_start_s"]) for c in clips)

@@ -17,7 +17,6 @@ import secrets
 import sys
 from pathlib import Path
 
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -27,6 +26,7 @@ from tests.conftest import job_config, make_bucket
 from tests.support import media
 from tests.support.hostile_models import ESCAPE_LABELS
 from tests.support.hostile_models import ESCAPE_NAME as ESCAPE
+from tests.support.index import read
 from vidbatch.cli import main
 from vidbatch.config import config_from_dict
 from vidbatch.models import load_model
@@ -211,7 +211,7 @@ def _files(folder: Path) -> list[Path]:
 def test_s3_keys_with_unicode_and_spaces_are_indexed_by_their_exact_names(s3_job):
     summary = s3_job["summary"]
     assert (summary.videos, summary.ok, summary.failed) == (3, 2, 1)
-    videos = pds.dataset(str(s3_job["out"] / "videos"), partitioning="hive").to_table().to_pylist()
+    videos = read(s3_job["out"], "videos")
     rows = {v["uri"]: v for v in videos}
     expected = {f"s3://{s3_job['bucket']}/videos/{key}" for key in s3_job["keys"]}
     assert set(rows) == expected
@@ -220,7 +220,7 @@ def test_s3_keys_with_unicode_and_spaces_are_indexed_by_their_exact_names(s3_job
             assert row["status"] == "failed" and row["error"].startswith("probe: cannot open")
         else:
             assert row["status"] == "ok" and (row["width"], row["height"]) == (160, 120)
-    clips = pds.dataset(str(s3_job["out"] / "clips"), partitioning="hive").to_table().to_pylist()
+    clips = read(s3_job["out"], "clips")
     counted = [c for c in clips if c["model"] == "tests.support.hostile_models:counter"]
     assert sorted((c["uri"], c["clip_start_s"], c["label"]) for c in counted) == sorted(
         (uri, float(s), str(25 * s)) for uri in expected if "broken" not in uri for s in (0, 1)
@@ -231,7 +231,7 @@ def test_credentials_appear_in_no_output_file_record_row_or_log(s3_job):
     needles = list(s3_job["creds"].values())
     files = _files(s3_job["out"])
     assert any(p.suffix == ".parquet" for p in files) and any(
-        p.parent.name == "_runs" for p in files
+        p.parent.name == "_delta_log" for p in files
     )
     for path in files:
         if path.suffix == ".parquet":  # cells, not compressed bytes
@@ -239,8 +239,8 @@ def test_credentials_appear_in_no_output_file_record_row_or_log(s3_job):
         else:
             text = path.read_bytes().decode("utf-8", "replace")
         assert not [n for n in needles if n in text], path
-    record = json.loads(next(p for p in files if p.parent.name == "_runs").read_text())
-    options = record["config"]["source"]["storage_options"]
+    (record,) = read(s3_job["out"], "runs")
+    options = json.loads(record["config"])["job"]["source"]["storage_options"]
     assert {options[k] for k in s3_job["creds"]} == {"***"}  # redacted, not dropped silently
     assert options["client_kwargs"]["endpoint_url"].startswith("http://127.0.0.1")
 
@@ -266,7 +266,8 @@ def test_names_from_models_and_labels_stay_inside_the_output_prefix(s3_job):
     assert not [p for p in written if ".." in p.relative_to(out).parts]
     for table in ("clips", "videos"):
         for path in _files(out / table):
-            assert path.name.endswith(".parquet") and not path.name.startswith(".")
+            if "_delta_log" not in path.parts:
+                assert path.name.endswith(".parquet") and not path.name.startswith(".")
 
     from vidbatch.tools.query import query
 
@@ -279,9 +280,8 @@ def test_names_from_models_and_labels_stay_inside_the_output_prefix(s3_job):
         r["model"] == ESCAPE and r["label"] == ESCAPE_LABELS[0] and r["labels"] == ESCAPE_LABELS
         for r in found
     ), found[0]
-    arrow = pds.dataset(str(out / "clips"), partitioning="hive").to_table().to_pylist()
+    arrow = read(out, "clips")
     assert {r["model"] for r in arrow} == {ESCAPE, "tests.support.hostile_models:counter"}
     assert all(r["labels"] == ESCAPE_LABELS for r in arrow if r["model"] == ESCAPE)
-    assert (
-        os.path.isdir(out / "clips") and len(os.listdir(out / "clips")) == 2
-    )  # one folder per model
+    folders = sorted(os.listdir(out / "clips"))  # one folder per model, and the Delta log
+    assert len(folders) == 3 and "_delta_log" in folders

@@ -43,47 +43,52 @@ def start_ray(*, verbose: bool = False) -> None:
 class Sizing:
     """How the job uses the cluster."""
 
-    gpus_per_actor: float  # 0: inference on CPUs, fused with decoding
+    fused: bool  # decode inside the inference workers (CPU only)
     inference_actors: int
-    decode_actors: int
-    cpus_per_worker: float  # CPUs each decode(+infer) worker asks Ray for
+    gpus_per_actor: float
+    cpus_per_inference: float  # logical CPUs each inference (or fused) worker asks for
+    decode_actors: int  # separate decode workers, when not fused
+    cpus_per_decoder: float
     model_batch_size: int | None  # inputs per forward pass; None: each model's default
 
 
 def size_job(cluster: Mapping[str, float], resources: Resources, work: int) -> Sizing:
-    """Actor counts, GPUs per actor and batch size from the cluster's resources (`auto`) or
-    the config. `work` bounds the actors: never more than there are videos to index.
+    """Worker counts, GPUs per actor and batch size from the cluster's resources (`auto`) or
+    the config; never more workers than videos to index (`work`).
 
-    Without GPUs, decoding and inference share one worker per CPU; the workers' logical CPUs
-    leave room for one probe task (1 CPU) and one write task (1/4 CPU), or Ray could not
-    schedule them while the workers hold every CPU. With GPUs, each GPU actor gets its own
-    decode workers on the CPUs."""
+    Without GPUs (and without `decode_actors` set), decoding and inference share one worker
+    per CPU. With GPUs, one inference actor per GPU, and decode workers on the CPUs left.
+    The logical CPUs asked for leave room for one probe task (1 CPU, see ProbeStage) and one
+    write task (1/4): Ray could not schedule them while the workers held every CPU."""
     gpus = float(cluster.get("GPU", 0))
     cpus = max(1.0, float(cluster.get("CPU", 1)))
-    if resources.gpus_per_actor == "auto":
-        per_actor = 1.0 if gpus else 0.0
-    else:
-        per_actor = float(resources.gpus_per_actor)
-    reserve = 1.25  # a probe task and a write task
-    if per_actor:
-        actors = (
-            max(1, int(gpus // per_actor)) if resources.actors == "auto" else int(resources.actors)
-        )
-        decoders = max(1, int(cpus - reserve))
-        per_worker = float(resources.decode_cpus)
-    else:
-        actors = max(1, int(cpus)) if resources.actors == "auto" else int(resources.actors)
-        decoders = actors
-        per_worker = max(0.1, min(float(resources.decode_cpus), (cpus - reserve) / actors))
     work = max(1, work)
+    spare = max(0.25, cpus - 1.25)  # what the workers may ask for
+    if resources.gpus_per_actor == "auto":
+        per_gpu_actor = 1.0 if gpus else 0.0
+    else:
+        per_gpu_actor = float(resources.gpus_per_actor)
     batch = None if resources.batch_size == "auto" else int(resources.batch_size)
-    return Sizing(
-        gpus_per_actor=per_actor,
-        inference_actors=max(1, min(actors, work)),
-        decode_actors=max(1, min(decoders, work)),
-        cpus_per_worker=per_worker,
-        model_batch_size=batch,
+    if resources.actors != "auto":
+        actors = int(resources.actors)
+    elif per_gpu_actor:
+        actors = max(1, int(gpus // per_gpu_actor))
+    else:
+        actors = max(1, int(cpus))
+    actors = max(1, min(actors, work))
+    fused = not per_gpu_actor and resources.decode_actors == "auto"
+    if fused:
+        return Sizing(True, actors, 0.0, spare / actors, 0, 0.0, batch)
+    per_inference = 1.0 if per_gpu_actor else min(1.0, spare / (2 * actors))
+    left = spare - per_inference * actors
+    decoders = (
+        max(1, int(left // float(resources.decode_cpus)))
+        if resources.decode_actors == "auto"
+        else int(resources.decode_actors)
     )
+    decoders = max(1, min(decoders, work))
+    per_decoder = min(float(resources.decode_cpus), max(0.1, left / decoders))
+    return Sizing(False, actors, per_gpu_actor, per_inference, decoders, per_decoder, batch)
 
 
 class _StageWorker:
@@ -132,8 +137,10 @@ def apply_stage(
 
         return ds.map_batches(run, **options)
     size = actors if isinstance(actors, tuple) else (actors, actors)
+    # A worker class per stage, so `ps` and Ray's dashboard name the stage a process runs.
+    worker = type(type(stage).__name__, (_StageWorker,), {"__module__": __name__})
     return ds.map_batches(
-        _StageWorker,
+        worker,
         fn_constructor_args=(stage,),
         compute=ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
         **options,

@@ -439,9 +439,11 @@ def _index(
     cluster = cluster_resources()
     summary.cpus = float(cluster.get("CPU", 1))
     sizing = size_job(cluster, config.resources, plan.todo.num_rows)
+    where = f"{sizing.gpus_per_actor:g} GPU each" if sizing.gpus_per_actor else "CPU"
+    decoding = "decoding in them" if sizing.fused else f"{sizing.decode_actors} decode worker(s)"
     log(
-        f"indexing {plan.todo.num_rows} videos: {sizing.inference_actors} inference worker(s)"
-        + (f" on {sizing.gpus_per_actor:g} GPU each" if sizing.gpus_per_actor else " on CPU")
+        f"indexing {plan.todo.num_rows} videos: {sizing.inference_actors} inference worker(s) "
+        f"on {where}, {decoding}"
     )
     tracker = ChunkTracker(plan.todo, config.resources.commit_every)
     progress = Progress(plan.todo.num_rows, log=log, enabled=show_progress)
@@ -519,7 +521,7 @@ def _results(
     from vidbatch.job.ray import apply_stage, from_videos
 
     todo = plan.todo.select(["video_id", "uri", "source", "size_bytes", "error", "chunk"])
-    workers = max(sizing.decode_actors, sizing.inference_actors)
+    workers = max(sizing.decode_actors, sizing.inference_actors)  # the parallelism downstream
     ds = from_videos(todo, max(1, min(64, todo.num_rows // (4 * workers))))
     probe = ProbeStage(
         storage_options=dict(config.source.storage_options),
@@ -552,16 +554,20 @@ def _results(
         run_id=plan.run_id,
         model_batch_size=sizing.model_batch_size,
     )
-    if sizing.gpus_per_actor:
+    if sizing.fused:
+        fused = DecodeInferStage(decode=decode, infer=infer)
         ds = apply_stage(
-            ds, decode, actors=(1, sizing.decode_actors), num_cpus=sizing.cpus_per_worker
-        )
-        ds = apply_stage(
-            ds, infer, actors=sizing.inference_actors, num_cpus=1, num_gpus=sizing.gpus_per_actor
+            ds, fused, actors=sizing.inference_actors, num_cpus=sizing.cpus_per_inference
         )
     else:
-        fused = DecodeInferStage(decode=decode, infer=infer)
-        ds = apply_stage(ds, fused, actors=sizing.inference_actors, num_cpus=sizing.cpus_per_worker)
+        ds = apply_stage(ds, decode, actors=sizing.decode_actors, num_cpus=sizing.cpus_per_decoder)
+        ds = apply_stage(
+            ds,
+            infer,
+            actors=sizing.inference_actors,
+            num_cpus=sizing.cpus_per_inference,
+            num_gpus=sizing.gpus_per_actor,
+        )
     ds = apply_stage(ds, WriteStage(store=store), actors=None)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield from batch.to_pylist()

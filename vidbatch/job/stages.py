@@ -216,13 +216,14 @@ class DecodeStage(Stage):
         out: dict[str, Any] = {**row, "frames_decoded": 0, "frames_used": 0}
         segment = Segment(int(row["segment_index"]), float(row["start_s"]), float(row["end_s"]))
         last = int(row["segment_index"]) == int(row["segment_count"]) - 1
-        duration = float(row["duration_s"] or 0.0)
+        duration = 0.0 if row["error"] else float(row["duration_s"])  # a failed unit has none
         starts = {
-            spec: in_segment(clip_starts(duration, spec), segment, last) for spec in self.clip_specs
+            spec: in_segment(clip_starts(duration, spec), segment, last) if duration else []
+            for spec in self.clip_specs
         }
         times = (
             in_segment(frame_times(duration, self.frame_spec), segment, last)
-            if self.frame_spec
+            if self.frame_spec and duration
             else []
         )
         shot_range = None
@@ -291,6 +292,17 @@ def _row(batch: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
     return {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()}
 
 
+def _arrow_column(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """Values that went through a numpy batch back into Arrow: NaN was null (numpy has no null
+    integers or strings)."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+    if pa.types.is_integer(kind):
+        values = [None if gone else int(v) for v, gone in zip(values, missing, strict=True)]
+    else:
+        values = [None if gone else v for v, gone in zip(values, missing, strict=True)]
+    return pa.array(values, kind)
+
+
 def _column(values: list[Any]) -> np.ndarray:
     """A numpy column for Ray Data: object dtype for bytes and per-row arrays."""
     if values and isinstance(values[0], (bytes, np.ndarray, str)):
@@ -348,7 +360,7 @@ class InferenceStage(Stage):
             for name, table in found.items():
                 results[name].append(tables.to_ipc(table))
         carried = {
-            name: pa.array([u[name] for u in units], UNIT.field(name).type)
+            name: _arrow_column([u[name] for u in units], UNIT.field(name).type)
             for name in UNIT.names
             if name not in ("error", "source")
         }
