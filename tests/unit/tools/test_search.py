@@ -1,4 +1,5 @@
-"""`vidbatch search`: hand-made rows whose intervals are known, merged by DuckDB windows."""
+"""`vidbatch search`: hand-made rows whose intervals are known, merged by DuckDB windows, over
+a real Delta index."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.unit.tools.test_query import clip, detection, video, write_index
+from tests.unit.tools.test_query import LAST_MONTH, clip, detection, video, write_index
 from vidbatch.tools.search import add_search_parser, parse_date, result_schema, search
 
 A, B, C = "/archive/cam1/a.mp4", "/archive/cam1/b.mp4", "/archive/cam2/c.mp4"
@@ -38,10 +39,10 @@ def index(tmp_path_factory) -> str:
         clip(B, 4.0, 6.0, "walking", 0.9),
         clip(B, 0.0, 2.0, "walking", 0.5, model="motion-rnn"),
         clip(B, 2.0, 3.5, "walking", 0.5, model="motion-rnn"),  # last clip ends at the video end
-        # c.mp4 indexed a month ago, and again yesterday: overlapping rows merge, not double
-        clip(C, 0.0, 2.0, "walking", 0.8, date="2026-01-01"),
-        clip(C, 0.0, 2.0, "walking", 0.8, date="2026-02-01"),
-        clip(C, 2.0, 4.0, "walking", 0.85, date="2026-02-01"),
+        # c.mp4 (indexed a month ago) by a model whose clips overlap: they merge, not double
+        clip(C, 0.0, 2.0, "walking", 0.8, model="motion-overlap"),
+        clip(C, 1.0, 3.0, "walking", 0.8, model="motion-overlap"),
+        clip(C, 2.0, 4.0, "walking", 0.85, model="motion-overlap"),
     ]
     detections = [
         # a.mp4: a person in frames 0, 1, 2 (two boxes in frame 1) then 5, 6
@@ -53,7 +54,7 @@ def index(tmp_path_factory) -> str:
         detection(A, 6.0, "person", 0.8),
         detection(A, 3.0, "dog", 0.9),
     ]
-    videos = [video(A), video(B, duration_s=3.5), video(C)]
+    videos = [video(A), video(B, duration_s=3.5), video(C, processed_at=LAST_MONTH)]
     return write_index(
         str(tmp_path_factory.mktemp("s") / "index"),
         videos=videos,
@@ -120,15 +121,19 @@ def test_models_never_merge_and_model_filters(index):
     assert len(search(index, "walking", model="no-such-model")) == 0
 
 
-def test_since_filters_on_the_date_partition(index):
+def test_overlapping_rows_merge_into_one_interval(index):
     everything = search(index, "walking", uri_glob=C)
-    assert spans(everything) == [(C, 0.0, 4.0, "motion-cnn", "clips")]
-    assert everything.column("hits").to_pylist() == [3]  # two runs of 0-2 merged, not doubled
-    recent = search(index, "walking", uri_glob=C, since="2026-01-15")
-    assert spans(recent) == spans(everything) and recent.column("hits").to_pylist() == [2]
+    assert spans(everything) == [(C, 0.0, 4.0, "motion-overlap", "clips")]
+    assert everything.column("hits").to_pylist() == [3]
+
+
+def test_since_keeps_videos_indexed_on_or_after_a_day(index):
+    """`since` reads `videos.processed_at` (UTC): c.mp4 was indexed a month ago."""
     yesterday = (datetime.now(timezone.utc).date() - timedelta(days=1)).isoformat()
     assert {r["uri"] for r in search(index, "walking", since="yesterday").to_pylist()} == {A, B}
     assert len(search(index, "walking", since=yesterday)) == 4
+    month_ago = (LAST_MONTH.date() - timedelta(days=1)).isoformat()
+    assert {r["uri"] for r in search(index, "walking", since=month_ago).to_pylist()} == {A, B, C}
     assert len(search(index, "walking", since="2999-01-01")) == 0
 
 
@@ -160,37 +165,69 @@ def test_cli_prints_intervals_or_says_why_none(index, capsys):
     assert _cli(["search", index, "--label", "walking", "--min-score", "0.99"]) == 0
     assert "no intervals of 'walking' pass these filters" in capsys.readouterr().out
     assert _cli(["search", index, "--label", "walkin"]) == 0
+    assert "label 'walkin' is not in this index; did you mean 'walking'?" in capsys.readouterr().out
+    assert _cli(["search", index, "--label", "xyz"]) == 0
     out = capsys.readouterr().out
-    assert "'walkin' is not in this index; labels: dog, person, running, walking" in out
+    assert "label 'xyz' is not in this index; labels: dog, person, running, walking" in out
+    assert _cli(["search", index, "--label", "walking", "--model", "motion-cn"]) == 0
+    assert "model 'motion-cn' is not in this index; did you mean 'motion-cnn'" in (
+        capsys.readouterr().out
+    )
 
 
 def test_cli_writes_json_lines(index, tmp_path, capsys):
     out = tmp_path / "walking.json"
-    argv = ["search", index, "--label", "walking", "--since", "2026-01-15", "--format", "json"]
+    argv = ["search", index, "--label", "walking", "--format", "json"]
     assert _cli([*argv, "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["uri"], r["start_s"], r["end_s"]) for r in rows] == [
+    expected = [
         (A, 0.0, 6.0),
         (A, 10.0, 12.0),
         (B, 0.0, 6.0),
         (B, 0.0, 3.5),
         (C, 0.0, 4.0),
     ]
+    assert [(r["uri"], r["start_s"], r["end_s"]) for r in rows] == expected
     assert "wrote 5 intervals" in capsys.readouterr().out
+    # Without --out the rows go to stdout, and nothing else does.
+    assert _cli(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["uri"], r["start_s"], r["end_s"]) for r in rows] == expected
 
 
-def test_search_over_s3(s3, s3_server):
+def test_cli_writes_csv_to_stdout(index, capsys):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    assert _cli(["search", index, "--label", "person", "--format", "csv"]) == 0
+    rows = pacsv.read_csv(pa.py_buffer(capsys.readouterr().out.encode())).to_pylist()
+    assert [(r["uri"], r["start_s"], r["end_s"], r["hits"]) for r in rows] == [
+        (A, 0.0, 2.0, 3),
+        (A, 5.0, 6.0, 2),
+    ]
+    with pytest.raises(ValueError, match="--format parquet needs --out FILE"):
+        _cli(["search", index, "--label", "person", "--format", "parquet"])
+
+
+def test_search_over_s3_writes_results_there(s3, s3_server, capsys):
     from tests.conftest import make_bucket
 
-    _, options = s3
+    fs, options = s3
     make_bucket(s3_server, "index-search")
     uri = write_index(
         "s3://index-search/out",
         storage_options=options,
+        videos=[video(A)],
         clips=[clip(A, 0.0, 2.0, "walking"), clip(A, 2.0, 4.0, "walking")],
     )
     table = search(uri, "walking", storage_options=options)
     assert spans(table) == [(A, 0.0, 4.0, "motion-cnn", "clips")]
+    out = "s3://index-search/results/walking.json"
+    argv = ["search", uri, "--label", "walking", "--format", "json", "--out", out]
+    assert _cli([*argv, "--storage-options", json.dumps(options)]) == 0
+    rows = [json.loads(line) for line in fs.cat_file(out).decode().splitlines()]
+    assert [(r["uri"], r["start_s"], r["end_s"]) for r in rows] == [(A, 0.0, 4.0)]
+    assert f"wrote 1 intervals to {out}" in capsys.readouterr().out
 
 
 def test_registering_the_verbs_loads_no_heavy_modules():
