@@ -1,8 +1,9 @@
 """Score an index against ground truth: accuracy for classifiers, COCO-style mAP for detectors.
 
-Predictions are the job's own output tables (`clips/`, `detections/`) or one Parquet file of the
-same columns; truth is what `vidbatch synth` writes (`labels.parquet`: uri, label;
-`boxes.parquet`: uri, frame_time_s, label, x1..y2). Detection AP follows pycocotools: greedy
+Predictions are the index's current state (its `clips` and `detections` Delta tables, read
+through the IndexStore) or one Parquet/CSV file of the same columns; truth is what `vidbatch
+synth` writes (`labels.parquet`: uri, label; `boxes.parquet`: uri, frame_time_s, label, x1..y2),
+or the same as CSV. Detection AP follows pycocotools: greedy
 matching by score, IoU >= threshold, 101-point interpolated precision, classes without truth left
 out of the mean. Only frames a detector looked at are scored, so truth at other frames is never
 counted as missed (see `evaluate_detection`).
@@ -31,6 +32,15 @@ IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in rang
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 TIME_TOLERANCE_S = 1e-3
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+PARQUET_MAGIC = b"PAR1"
+TRUTH_COLUMNS = {
+    "labels": ("uri", "label"),
+    "boxes": ("uri", "frame_time_s", "label", *BOX_COLUMNS),
+}
+PREDICTION_COLUMNS = {
+    "clips": ("uri", "label", "model"),
+    "detections": ("uri", "frame_time_s", "label", "score", *BOX_COLUMNS, "model"),
+}
 
 
 # ---------------------------------------------------------------- classification
@@ -298,13 +308,20 @@ def evaluate(
     truth_uri: str,
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score an index output folder (clips/, detections/) or one Parquet file against truth.
+    """Score an index (its output.uri) or one Parquet/CSV file of predictions against truth.
 
-    Truth is labels.parquet (uri, label), boxes.parquet (uri, frame_time_s, label, x1..y2),
-    either told apart by its columns, or a synth archive folder holding both.
+    Truth is labels (uri, label) or boxes (uri, frame_time_s, label, x1..y2), Parquet or CSV,
+    told apart by its columns, or a synth archive folder holding labels.parquet and/or
+    boxes.parquet. `storage_options` (fsspec) serve both URIs.
     """
     truths = _read_truth(truth_uri, storage_options)
     predicted = _read_predictions(predictions_uri, storage_options)
+    for name, columns in TRUTH_COLUMNS.items():  # name the file a column is missing from
+        if name in truths:
+            _require(truths[name], columns, f"truth {truth_uri}")
+    for name, columns in PREDICTION_COLUMNS.items():
+        if name in predicted:
+            _require(predicted[name], columns, f"predictions {predictions_uri} ({name})")
     result: dict[str, Any] = {"predictions": predictions_uri, "truth": truth_uri}
     if "clips" in predicted and "labels" in truths:
         result["classification"] = evaluate_classification(predicted["clips"], truths["labels"])
@@ -340,13 +357,15 @@ def sampled_frames(videos: pa.Table, step: float | None) -> pa.Table:
 def _read_truth(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, pa.Table]:
     fs, path = filesystem(uri, storage_options)
     if fs.isdir(path):
-        found = {
-            name: _read_parquet(join(uri, f"{name}.parquet"), storage_options)
-            for name in ("labels", "boxes")
-            if fs.exists(join(path, f"{name}.parquet"))
-        }
+        found = {}
+        for name in ("labels", "boxes"):
+            for ext in ("parquet", "csv"):
+                if name not in found and fs.exists(join(path, f"{name}.{ext}")):
+                    found[name] = _read_parquet(join(uri, f"{name}.{ext}"), storage_options)
         if not found:
-            raise ValueError(f"truth folder {uri} has neither labels.parquet nor boxes.parquet")
+            raise ValueError(
+                f"truth folder {uri} has neither labels.parquet nor boxes.parquet (or .csv)"
+            )
         return found
     table = _read_parquet(uri, storage_options)
     if set(BOX_COLUMNS) <= set(table.column_names):
@@ -368,7 +387,9 @@ def _read_predictions(uri: str, storage_options: Mapping[str, Any] | None) -> di
     store = IndexStore(uri, storage_options)
     if fs.isdir(path) and store.exists():
         snapshot = store.snapshot()
-        return {name: store.read(name, snapshot=snapshot) for name in ("videos", "clips", "detections")}
+        return {
+            name: store.read(name, snapshot=snapshot) for name in ("videos", "clips", "detections")
+        }
     table = _read_parquet(uri, storage_options)
     if "model" not in table.column_names:
         name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
@@ -381,21 +402,31 @@ def _read_predictions(uri: str, storage_options: Mapping[str, Any] | None) -> di
 
 
 def _read_parquet(uri: str, storage_options: Mapping[str, Any] | None) -> pa.Table:
-    """A Parquet file, a folder of Parquet parts (maybe Hive-partitioned), or a CSV file."""
+    """A Parquet file, a folder of Parquet parts (maybe Hive-partitioned), or a CSV file.
+
+    A file is told apart by its content (Parquet starts with `PAR1`), not its name."""
     fs, path = filesystem(uri, storage_options)
+    kind = "Parquet"
     try:
         if fs.isdir(path):
             handler = PyFileSystem(FSSpecHandler(fs))
             return pds.dataset(path, filesystem=handler, partitioning="hive").to_table()
         with fs.open(path, "rb") as handle:
-            if path.lower().endswith(".csv"):
+            if handle.read(4) != PARQUET_MAGIC:
+                kind = "CSV"
+            handle.seek(0)
+            if kind == "CSV":
                 return pacsv.read_csv(handle)
             return pq.read_table(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"not found: {uri}") from None
-    except pa.ArrowInvalid as exc:
-        kind = "CSV" if path.lower().endswith(".csv") else "Parquet"
-        raise ValueError(f"{uri}: not a readable {kind} file ({exc})") from None
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        message = " ".join(str(exc).split())
+        if kind == "CSV":
+            raise ValueError(
+                f"{uri}: neither Parquet (no PAR1 header) nor readable CSV ({message})"
+            ) from exc
+        raise ValueError(f"{uri}: not a readable Parquet file ({message})") from exc
 
 
 def _latest_run(table: pa.Table) -> pa.Table:
@@ -451,9 +482,23 @@ def _per_class(values: Mapping[str, float]) -> str:
 
 
 def _require(table: pa.Table, columns: Sequence[str], what: str) -> None:
+    """Name the missing columns, and the column each one was probably meant to be."""
+    import difflib
+
     missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}")
+    if not missing:
+        return
+    present = [c for c in table.column_names if c not in columns]
+    hints = []
+    for column in missing:
+        close = difflib.get_close_matches(column, present, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{close[0]!r} for {column!r}?")
+    hint = f"; did you mean {', '.join(hints)}" if hints else ""
+    raise ValueError(
+        f"{what}: missing column(s) {', '.join(missing)} (has {', '.join(table.column_names)})"
+        f"{hint}"
+    )
 
 
 def _uris(table: pa.Table) -> list[str]:

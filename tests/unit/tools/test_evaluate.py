@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from vidbatch.index import tables
+from tests.unit.tools.test_query import detection, video, write_index
 from vidbatch.tools.evaluate import (
     average_precision,
     box_iou,
@@ -187,46 +189,91 @@ def test_evaluate_reads_files_and_reports(tmp_path):
     assert "detection" in evaluate(str(tmp_path / "synth-detector.parquet"), str(truth_dir))
 
 
-def write_part(table: pa.Table, name: str, folder) -> None:
-    """One Parquet part with the file columns the sink writes (absent ones null)."""
-    schema = tables.file_schema(name)
-    columns = {
-        f.name: table.column(f.name).cast(f.type)
-        if f.name in table.column_names
-        else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    }
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table(columns, schema=schema), folder / "part.parquet")
-
-
-def test_evaluate_reads_an_index_folder(tmp_path):
-    """Hive folders as the sink writes them: model from the path, latest run only, videos/."""
-    out = tmp_path / "index"
-    rows = [(u, t, lab, 0.9, *box) for u, t, lab, *box in rows_of(TRUTH)]
-    preds = detections(rows).drop(["model"])
-    for run in ("20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb"):
-        table = preds.append_column("run_id", pa.array([run] * preds.num_rows))
-        if run.startswith("20250101"):  # an older run with a wrong answer must not count
-            table = table.set_column(2, "label", pa.array(["square"] * preds.num_rows))
-        write_part(
-            table, "detections", out / "detections" / "model=synth-detector" / f"date={run[:8]}"
+def _index_rows(rows: list[tuple], run_id: str) -> list[dict]:
+    """Detection rows of the index (all columns) from (uri, t, label, score, x1..y2) tuples."""
+    keys = ("x1", "y1", "x2", "y2")
+    return [
+        detection(
+            u,
+            t,
+            lab,
+            score,
+            model="synth-detector",
+            run_id=run_id,
+            **dict(zip(keys, box, strict=True)),
         )
-    videos = pa.table(
-        {
-            "uri": [A, B, "/videos/c.mp4"],
-            "duration_s": [2.0, 1.0, 1.0],
-            "status": ["ok", "ok", "ok"],
-        }
-    )
-    write_part(videos, "videos", out / "videos" / "date=20250102")
-    c_truth = boxes([("/videos/c.mp4", 0.0, "square", 0.1, 0.1, 0.2, 0.2)])
-    truth = pa.concat_tables([TRUTH, c_truth])
-    pq.write_table(truth, tmp_path / "boxes.parquet")
+        for u, t, lab, score, *box in rows
+    ]
 
-    result = evaluate(str(out), str(tmp_path / "boxes.parquet"))["detection"]["synth-detector"]
-    # c.mp4 was indexed but nothing was found on it: its square is a miss (2 of 3 squares).
+
+def test_evaluate_scores_the_current_state_of_an_index(tmp_path):
+    """A Delta index written through IndexStore: a re-index replaced run r1's wrong rows, so
+    only r2's count; the videos table lists the frames looked at, so c.mp4, where nothing was
+    found, has its square counted as missed."""
+    out = str(tmp_path / "index")
+    rows = [(u, t, lab, 0.9, *box) for u, t, lab, *box in rows_of(TRUTH)]
+    videos = [
+        video(A, duration_s=2.0),
+        video(B, duration_s=1.0),
+        video("/videos/c.mp4", duration_s=1.0),
+    ]
+    wrong = [(u, t, "square", *rest) for u, t, _, *rest in rows]
+    write_index(out, videos=videos, detections=_index_rows(wrong, "r1"), run_id="r1")
+    write_index(out, videos=videos, detections=_index_rows(rows, "r2"), run_id="r2", replace=True)
+    c_truth = boxes([("/videos/c.mp4", 0.0, "square", 0.1, 0.1, 0.2, 0.2)])
+    pq.write_table(pa.concat_tables([TRUTH, c_truth]), tmp_path / "boxes.parquet")
+
+    result = evaluate(out, str(tmp_path / "boxes.parquet"))["detection"]["synth-detector"]
+    assert result["predictions"] == 4  # r2's rows only
     assert result["ap_50"]["circle"] == pytest.approx(1.0)
-    assert result["ap_50"]["square"] == pytest.approx(67 / 101)
+    assert result["ap_50"]["square"] == pytest.approx(67 / 101)  # 2 of 3 squares found
     assert result["frames_from"] == "given" and result["truth_frames"] == 4
     assert not math.isnan(result["map_50_95"])
+
+
+def test_truth_as_csv_is_read_by_content(tmp_path):
+    """CSV truth works whatever its name; a file that is neither says so, naming it."""
+    preds = detections([(u, t, lab, 0.9, *box) for u, t, lab, *box in rows_of(TRUTH)])
+    pq.write_table(preds, tmp_path / "preds.parquet")
+    for name in ("boxes.csv", "boxes.txt"):
+        pacsv.write_csv(TRUTH, tmp_path / name)
+        result = evaluate(str(tmp_path / "preds.parquet"), str(tmp_path / name))
+        assert result["detection"]["det"]["map_50"] == pytest.approx(1.0)
+    (tmp_path / "garbage.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"garbage\.bin: neither Parquet \(no PAR1 header\)"):
+        evaluate(str(tmp_path / "preds.parquet"), str(tmp_path / "garbage.bin"))
+    folder = tmp_path / "archive"  # a truth folder may hold CSV too
+    folder.mkdir()
+    pacsv.write_csv(TRUTH, folder / "boxes.csv")
+    assert "detection" in evaluate(str(tmp_path / "preds.parquet"), str(folder))
+
+
+def test_a_missing_column_names_the_file_and_the_close_column(tmp_path):
+    preds = detections([(A, 0.0, "circle", 0.9, 0.1, 0.1, 0.4, 0.4)])
+    pq.write_table(preds, tmp_path / "preds.parquet")
+    pacsv.write_csv(
+        TRUTH.rename_columns(["uri", "frame_time", *TRUTH.column_names[2:]]), tmp_path / "t.csv"
+    )
+    with pytest.raises(ValueError) as info:
+        evaluate(str(tmp_path / "preds.parquet"), str(tmp_path / "t.csv"))
+    message = str(info.value)
+    assert message.startswith(f"truth {tmp_path / 't.csv'}: missing column(s) frame_time_s")
+    assert "did you mean 'frame_time' for 'frame_time_s'?" in message
+
+
+def test_cli_eval_on_s3_with_storage_options(s3, s3_server, capsys):
+    from tests.conftest import make_bucket
+    from vidbatch.cli import main
+
+    fs, options = s3
+    make_bucket(s3_server, "eval-index")
+    uri = "s3://eval-index/out"
+    rows = [(u, t, lab, 0.9, *box) for u, t, lab, *box in rows_of(TRUTH)]
+    videos = [video(A, duration_s=2.0), video(B, duration_s=1.0)]
+    write_index(uri, videos=videos, detections=_index_rows(rows, "r1"), storage_options=options)
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(TRUTH, sink)
+    fs.pipe_file("eval-index/truth/boxes.csv", sink.getvalue().to_pybytes())
+    argv = ["eval", "--predictions", uri, "--truth", "s3://eval-index/truth/boxes.csv"]
+    assert main([*argv, "--storage-options", json.dumps(options)]) == 0
+    assert "detection synth-detector: mAP@0.5 1.000" in capsys.readouterr().out
