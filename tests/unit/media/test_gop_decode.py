@@ -231,3 +231,17 @@ def test_a_container_without_presentation_times_is_decoded_straight_through(tmp_
         for mode in ("seek", "all")
     )
     assert np.array_equal(seek.frames, every.frames)
+
+
+@pytest.mark.parametrize(
+    "name", ["h264_gop2_open.mp4", "hevc_gop2_open.mp4", "h264_gop2_open_b5.mkv"]
+)
+def test_far_apart_samples_seek_and_land_before_a_leading_picture(videos, name):
+    """Samples 10 s apart: decoding seeks across the gap instead of reading through it, and a
+    sample just before a keyframe (decoded after it in an open GOP) still gets its own frame."""
+    path, times = videos[name]
+    i = times.index(12.0)  # a keyframe (GOP 2 s)
+    wanted = [0.3, times[i - 1], times[i - 1] + 10.0]
+    out = decode_samples(str(path), frame_spec=FrameSpec(1, 160), frame_times=wanted)
+    assert [media.read_counter(f) for f in out.frames] == [media.shown_at(times, t) for t in wanted]
+    assert out.frames_decoded <= 3 * 2 * 50  # at most the three GOPs (and one before each)
