@@ -499,7 +499,7 @@ def section(
     say("\n  -- probing one file (median of 7)")
     probe_part(say, record, media_sets, 7)
     say("\n  -- decoding in one process (no Ray, no sandbox)")
-    decoded = decode_part(say, record, media_sets, max(1, min(sc.rounds, 3)))
+    decoded = decode_part(say, record, media_sets, 2 if sc.variants else 1)
     if end_to_end:
         say("\n  -- end to end, GOP 2 s archive")
         rounds = 2 if sc.variants else 1
