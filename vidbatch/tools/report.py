@@ -167,19 +167,23 @@ def _link_note(uris: set[str], prefixes: Mapping[str, str] | None) -> str:
 def write_whole(uri: str, data: bytes, storage_options: Mapping[str, Any] | None) -> None:
     """Write `data` at a local path or fsspec URI so that it is complete or absent: locally a
     file beside the target renamed into place, on object stores one PUT."""
+    from vidbatch.errors import describe
     from vidbatch.storage import filesystem, is_local, needs_folders
 
     fs, path = filesystem(uri, storage_options if not is_local(uri) else None)
-    if is_local(uri):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
-        with open(partial, "wb") as handle:
-            handle.write(data)
-        os.replace(partial, path)
-        return
-    if needs_folders(fs):
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, data)
+    try:
+        if is_local(uri):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
+            with open(partial, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, path)
+            return
+        if needs_folders(fs):
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, data)
+    except OSError as exc:  # name the page, not only the folder the library tripped on
+        raise OSError(f"cannot write {uri}: {describe(exc)}") from exc
 
 
 def _protocol(uri: str) -> str:

@@ -58,7 +58,7 @@ def test_an_os_error_names_the_file(tmp_path, capsys):
     index = write_index(str(tmp_path / "index"), videos=[video("/nowhere/a.mp4")])
     assert main(["report", index, "--html", "/dev/null/report.html"]) == 1
     err = _error(capsys)
-    assert err.startswith("vidbatch: error: ") and "/dev/null" in err
+    assert err.startswith("vidbatch: error: cannot write /dev/null/report.html: FileExistsError")
 
 
 def test_version_needs_no_verb(capsys):
