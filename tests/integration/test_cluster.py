@@ -1,6 +1,9 @@
 """Cluster definitions: they parse, the launcher YAML passes Ray's own schema, the KubeRay
 manifests are wired together (entrypoint files, service accounts, RBAC, ConfigMap, schedule),
-and the nightly launcher script does the right kubectl calls (run against a fake kubectl)."""
+and their logic holds: nodes boot a current GPU AMI, jobs wait for the GPUs they are sized for,
+worker pods carry no Kubernetes rights, the RayJob has deadlines, the runtime env keeps
+virtualenvs and build output out of the upload (packaged by Ray's own code), and the nightly
+scripts do the right kubectl / ray calls, failures included (run against fakes)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,19 @@ def docs(path: Path) -> list[dict[str, Any]]:
 
 def by_kind(path: Path) -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in docs(path)}
+
+
+def of_kind(path: Path, kind: str) -> dict[str, dict[str, Any]]:
+    """Every document of one kind, by name."""
+    return {d["metadata"]["name"]: d for d in docs(path) if d["kind"] == kind}
+
+
+def wait_flag(command: str) -> int | None:
+    """N of `--wait-for-gpus N` in a jobs/index_archive.py command line, None without it."""
+    argv = shlex.split(command.replace("\\\n", " "))
+    if "--wait-for-gpus" not in argv:
+        return None
+    return int(argv[argv.index("--wait-for-gpus") + 1])
 
 
 def pod_specs(cluster_spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,6 +127,52 @@ def test_launcher_has_cpu_head_decode_and_gpu_groups(launcher: dict[str, Any]) -
         assert t.get("min_workers", 0) <= t.get("max_workers", launcher["max_workers"])
     # GPUs present at job start: `resources.actors: auto` counts them then.
     assert all(t.get("min_workers", 0) >= 1 for t in gpu)
+
+
+GPU_AMI = re.compile(
+    r"resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+    r"base-oss-nvidia-driver-gpu-ubuntu-(22|24)\.04/latest/ami-id"
+)
+
+
+def test_launcher_pins_a_current_gpu_ami(launcher: dict[str, Any]) -> None:
+    """No node falls back to the launcher's default AMI (Ubuntu 18.04 DLAMI, a driver too old
+    for L4 and CUDA 12.8): each names AWS's current GPU base AMI or a fixed image id."""
+    for name, node_type in launcher["available_node_types"].items():
+        image = str(node_type["node_config"].get("ImageId", ""))
+        assert image.lower() not in ("", "latest_dlami"), f"{name}: launcher's default AMI"
+        assert GPU_AMI.fullmatch(image) or re.fullmatch(r"ami-[0-9a-f]{8,17}", image), image
+
+
+def launcher_gpus(launcher: dict[str, Any]) -> int:
+    """GPUs present once every pinned worker has joined: min_workers x GPU per group."""
+    return sum(
+        t.get("min_workers", 0) * t["resources"].get("GPU", 0)
+        for name, t in launcher["available_node_types"].items()
+        if name != launcher["head_node_type"]
+    )
+
+
+def submit_commands(text: str) -> list[str]:
+    """Every `jobs/index_archive.py` command line in a text (shell continuations joined)."""
+    joined = re.sub(r"\\\n\s*(#\s*)?", " ", text)
+    return [line for line in joined.splitlines() if "jobs/index_archive.py" in line]
+
+
+def test_launcher_jobs_wait_for_the_gpu_workers(launcher: dict[str, Any]) -> None:
+    """`ray up` returns before the GPU workers join: every documented submission to the launcher
+    cluster waits for the GPUs aws.yaml pins (else `auto` sizing runs CPU-only)."""
+    expected = launcher_gpus(launcher)
+    assert expected >= 1
+    header = (CLUSTER / "aws.yaml").read_text()
+    commands = submit_commands(header)
+    assert commands and all(wait_flag(c.lstrip("# ")) == expected for c in commands), commands
+    script = (CLUSTER / "nightly-aws.sh").read_text()
+    assert f"VIDBATCH_GPUS:-{expected}}}" in script
+    readme = (CLUSTER / "README.md").read_text()
+    launcher_part = readme.split("## Ray cluster launcher (AWS)")[1].split("\n## ")[0]
+    commands = submit_commands(launcher_part)
+    assert commands and all(wait_flag(c) == expected for c in commands), commands
 
 
 def test_launcher_uses_instance_roles_token_auth_and_cuda_torch(launcher: dict[str, Any]) -> None:
@@ -197,11 +259,16 @@ def test_kuberay_manifests_have_expected_kinds(name: str) -> None:
 def _check_ray_cluster_spec(spec: dict[str, Any]) -> None:
     assert spec["authOptions"]["mode"] == "token"
     assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52)
-    sa = by_kind(KUBERAY / "raycluster.yaml")["ServiceAccount"]
-    assert "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]  # IRSA
+    accounts = of_kind(KUBERAY / "raycluster.yaml", "ServiceAccount")
+    for account in accounts.values():  # IRSA
+        assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
     pods = pod_specs(spec)
-    assert all(p["serviceAccountName"] == sa["metadata"]["name"] for p in pods)
-    workers = pods[1:]
+    assert all(p["serviceAccountName"] in accounts for p in pods)
+    # KubeRay binds the autoscaler's rights (patch RayClusters, delete pods) to the head's
+    # account: workers must not share it, nor hold any Kubernetes API token.
+    head, workers = pods[0], pods[1:]
+    assert all(p["serviceAccountName"] != head["serviceAccountName"] for p in workers)
+    assert all(p.get("automountServiceAccountToken") is False for p in workers)
     assert any(gpus(p) >= 1 for p in workers), "no GPU worker group"
     assert any(gpus(p) == 0 for p in workers), "no CPU decode worker group"
     assert gpus(pods[0]) == 0 and spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
@@ -226,10 +293,39 @@ def test_rayjob_wiring(rayjob: dict[str, Any]) -> None:
     _check_ray_cluster_spec(spec["rayClusterSpec"])
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["working_dir"]
-    assert ".venv" in runtime_env.get("excludes", [])
+    assert REQUIRED_EXCLUDES <= set(runtime_env.get("excludes", []))
     # Fixed GPU count: the job sizes its actor pool from the GPUs present when it starts.
     for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
         assert group["minReplicas"] == group["replicas"] == group["maxReplicas"]
+    # The submitter talks to the Ray dashboard only.
+    submitter = spec["submitterPodTemplate"]["spec"]
+    assert submitter.get("automountServiceAccountToken") is False
+
+
+def test_rayjob_waits_for_the_gpus_it_is_sized_for(rayjob: dict[str, Any]) -> None:
+    groups = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    pinned = sum(g["replicas"] * gpus(g["template"]["spec"]) for g in groups)
+    assert pinned >= 1
+    assert wait_flag(rayjob["spec"]["entrypoint"]) == pinned
+
+
+def test_rayjob_has_deadlines(rayjob: dict[str, Any]) -> None:
+    """A cluster that never comes up (no GPU capacity, a bad image) fails the RayJob within
+    preRunningDeadlineSeconds instead of holding the nightly guard until activeDeadlineSeconds.
+    The field name is KubeRay's (ray-operator/apis/ray/v1/rayjob_types.go, >= 1.6.0)."""
+    spec = rayjob["spec"]
+    pre, active = spec["preRunningDeadlineSeconds"], spec["activeDeadlineSeconds"]
+    assert isinstance(pre, int) and isinstance(active, int)
+    assert 0 < pre < active
+
+
+def test_every_pod_account_exists_and_heads_have_their_own() -> None:
+    accounts = of_kind(KUBERAY / "raycluster.yaml", "ServiceAccount")
+    roles = {a["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for a in accounts.values()}
+    assert len(accounts) >= 2 and len(roles) == 1  # one IAM role, trusted for both accounts
+    readme = (CLUSTER / "README.md").read_text()
+    for name in accounts:
+        assert f"system:serviceaccount:vidbatch:{name}" in readme  # the trust policy to write
 
 
 def test_rayjob_entrypoint_references_repo_files(rayjob: dict[str, Any]) -> None:

@@ -36,12 +36,16 @@ def test_s3_source_to_s3_output_has_expected_clips(ray_session, s3, s3_server, s
     clips = read("s3://index-out/idx", "clips", options)
     assert {v["status"] for v in videos} == {"ok"} and len(videos) == 8
     assert set(clips.column("model").to_pylist()) == {"motion-cnn"}  # the model= partition
-    assert fs.exists("index-out/idx/clips/_delta_log") and fs.ls("index-out/idx/clips/model=motion-cnn")
+    assert fs.exists("index-out/idx/clips/_delta_log") and fs.ls(
+        "index-out/idx/clips/model=motion-cnn"
+    )
     local = {uri.rsplit("/", 1)[-1]: uri for uri in small_archive.uris}
     for video in videos:
         rows = [c for c in clips.to_pylist() if c["video_id"] == video["video_id"]]
         assert len(rows) == expected_clips(local[video["uri"].rsplit("/", 1)[-1]], CLIP_SECONDS)
-        assert all(0 <= c["clip_start_s"] < c["clip_end_s"] <= video["duration_s"] + 1e-6 for c in rows)
+        assert all(
+            0 <= c["clip_start_s"] < c["clip_end_s"] <= video["duration_s"] + 1e-6 for c in rows
+        )
         assert all(len(c["labels"]) == 3 and c["labels"][0] == c["label"] for c in rows)
 
 
@@ -49,8 +53,13 @@ def test_long_video_is_split_and_clips_cover_it_once_in_order(ray_session, tmp_p
     source = tmp_path / "videos"
     source.mkdir()
     write_video(
-        source / "long.mp4", label="moving_left", shape="circle", seconds=50, fps=24,
-        width=160, height=120,
+        source / "long.mp4",
+        label="moving_left",
+        shape="circle",
+        seconds=50,
+        fps=24,
+        width=160,
+        height=120,
     )
     config = config_from_dict(
         job_config(str(source), str(tmp_path / "out"), sampling={"segment_seconds": 10})
@@ -67,7 +76,9 @@ def test_long_video_is_split_and_clips_cover_it_once_in_order(ray_session, tmp_p
     assert video["frames_decoded"] < 1.3 * 50 * 24
 
 
-def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(ray_session, tmp_path, small_archive):
+def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(
+    ray_session, tmp_path, small_archive
+):
     from vidbatch.cli import main
 
     source = tmp_path / "videos"
@@ -87,7 +98,9 @@ def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(ray_session, tmp_
     )
     assert main(["run", str(config_path)]) == 0
 
-    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in read(str(tmp_path / "out"), "videos").to_pylist()}
+    rows = {
+        r["uri"].rsplit("/", 1)[-1]: r for r in read(str(tmp_path / "out"), "videos").to_pylist()
+    }
     assert len(rows) == 7
     assert all(rows[p.name]["status"] == "ok" and rows[p.name]["error"] is None for p in good)
     expected = {
@@ -97,7 +110,9 @@ def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(ray_session, tmp_
         "audio.mp4": "probe: no video stream",
     }
     for name, prefix in expected.items():
-        assert rows[name]["status"] == "failed" and rows[name]["error"].startswith(prefix), rows[name]
+        assert rows[name]["status"] == "failed" and rows[name]["error"].startswith(prefix), rows[
+            name
+        ]
         assert "\n" not in rows[name]["error"]
     clips = read(str(tmp_path / "out"), "clips")
     assert set(clips.column("uri").to_pylist()) == {str(p) for p in good}
@@ -114,7 +129,11 @@ def test_bad_inputs_become_failed_rows_and_the_rest_is_indexed(ray_session, tmp_
 
 
 SHIPPED_CLASSIFIERS = ("motion-cnn", "motion-rnn", "motion-transformer")
-TIME_ORDER_PAIRS = ({"moving_left", "moving_right"}, {"growing", "shrinking"}, {"rotating_cw", "rotating_ccw"})
+TIME_ORDER_PAIRS = (
+    {"moving_left", "moving_right"},
+    {"growing", "shrinking"},
+    {"rotating_cw", "rotating_ccw"},
+)
 
 
 def test_shipped_models_reach_their_accuracy_through_one_job(ray_session, tmp_path_factory):
@@ -123,10 +142,14 @@ def test_shipped_models_reach_their_accuracy_through_one_job(ray_session, tmp_pa
     temporal ones >= 0.9, and they beat the order-blind CNN on the time-order pairs."""
     from vidbatch.media.synth import synthesize
 
-    held_out = synthesize(tmp_path_factory.mktemp("heldout"), 24, seed=4242, min_seconds=4, max_seconds=8)
+    held_out = synthesize(
+        tmp_path_factory.mktemp("heldout"), 24, seed=4242, min_seconds=4, max_seconds=8
+    )
     out = tmp_path_factory.mktemp("index")
     models = [{"name": name} for name in SHIPPED_CLASSIFIERS]
-    config = config_from_dict(job_config(held_out.uris[0].rsplit("/", 1)[0], str(out), models=models))
+    config = config_from_dict(
+        job_config(held_out.uris[0].rsplit("/", 1)[0], str(out), models=models)
+    )
     summary = run_job(config)
     assert summary.ok == 24
     truth = dict(zip(held_out.uris, held_out.labels, strict=True))
@@ -152,14 +175,23 @@ def test_one_decode_pass_feeds_a_custom_classifier_and_a_detector(ray_session, t
     source = tmp_path / "videos"
     source.mkdir()
     boxes = write_video(
-        source / "square.mp4", label="moving_right", shape="square", seconds=4, fps=25,
-        width=320, height=240, seed=3,
+        source / "square.mp4",
+        label="moving_right",
+        shape="square",
+        seconds=4,
+        fps=25,
+        width=320,
+        height=240,
+        seed=3,
     )
     config = config_from_dict(
         job_config(
             str(source),
             str(tmp_path / "out"),
-            models=[{"name": "tests.support.custom_model:build", "top_k": 2}, {"name": "synth-detector"}],
+            models=[
+                {"name": "tests.support.custom_model:build", "top_k": 2},
+                {"name": "synth-detector"},
+            ],
         )
     )
     summary = run_job(config)
@@ -195,8 +227,14 @@ def test_detection_boxes_are_normalized_to_the_displayed_frame(ray_session, tmp_
         )
         truth[name] = {round(r["frame_time_s"], 3): r for r in rows}
     blink = write_video(
-        source / "blink.mp4", label="blinking", shape="circle", seconds=6, fps=25,
-        width=320, height=240, seed=9,
+        source / "blink.mp4",
+        label="blinking",
+        shape="circle",
+        seconds=6,
+        fps=25,
+        width=320,
+        height=240,
+        seed=9,
     )
     config = config_from_dict(
         job_config(
@@ -220,7 +258,10 @@ def test_detection_boxes_are_normalized_to_the_displayed_frame(ray_session, tmp_
     blank = {k / 4 for k in range(24) if round(int(k / 4 * 25 + 1e-6) / 25, 3) not in shown}
     found = {d["frame_time_s"] for d in detections if d["uri"].endswith("blink.mp4")}
     assert blank and not found & blank and found
-    statuses = {v["uri"].rsplit("/", 1)[-1]: v["status"] for v in read(str(tmp_path / "out"), "videos").to_pylist()}
+    statuses = {
+        v["uri"].rsplit("/", 1)[-1]: v["status"]
+        for v in read(str(tmp_path / "out"), "videos").to_pylist()
+    }
     assert statuses["blink.mp4"] == "ok"
 
 

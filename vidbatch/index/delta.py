@@ -23,12 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from vidbatch.index import tables
-from vidbatch.storage import S3_RETRIES
 
 # Commits on S3 use conditional puts (If-None-Match), so two writers can never both commit
 # the same version; measured against moto: 12 concurrent appends, 12 versions, no loss.
 S3_SAFE_COMMITS = {"conditional_put": "etag"}
-RETRY_TIMEOUT = "60s"  # object_store's own default waits 180 s before a step may fail
+# object_store retries each request (its default waits up to 180 s); vidbatch retries whole
+# steps on top (vidbatch.storage.retrying), so a step may fail sooner.
+OBJECT_STORE_RETRIES = {"max_retries": "4", "retry_timeout": "60s"}
 
 
 def delta_options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
@@ -58,11 +59,7 @@ def delta_options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[s
             out["AWS_ALLOW_HTTP"] = "true"
         if "AWS_S3_LOCKING_PROVIDER" not in options:
             out.update(S3_SAFE_COMMITS)
-        # One retry setting for both clients: botocore's attempts (vidbatch's default, or the
-        # user's config_kwargs.retries) become object_store's retries.
-        retries = dict((options.get("config_kwargs") or {}).get("retries") or S3_RETRIES)
-        attempts = retries.get("total_max_attempts") or (retries.get("max_attempts", 4) + 1)
-        out.update(max_retries=str(max(0, int(attempts) - 1)), retry_timeout=RETRY_TIMEOUT)
+        out.update(OBJECT_STORE_RETRIES)
     elif protocol in ("gs", "gcs"):
         if isinstance(options.get("token"), str):
             out["GOOGLE_SERVICE_ACCOUNT"] = options["token"]

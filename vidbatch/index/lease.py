@@ -25,6 +25,7 @@ from vidbatch.storage import is_local, local_path, retrying, scrub
 
 LEASE_PATH = "_vidbatch/writer.json"
 log = logging.getLogger("vidbatch.index")
+_HELD: set[str] = set()  # run ids whose lease this process holds now
 
 
 class WriterLease:
@@ -64,6 +65,9 @@ class WriterLease:
     def _abandoned(self, holder: dict[str, Any]) -> bool:
         if not holder:
             return True
+        if holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+            # This process's own, left behind when storage failed during a release.
+            return holder.get("run_id") not in _HELD
         if holder.get("host") == socket.gethostname():
             try:
                 os.kill(int(holder["pid"]), 0)
@@ -101,6 +105,7 @@ class WriterLease:
             )
 
         retrying(attempt, self.output_uri, action="take the writer lease")
+        _HELD.add(self.run_id)
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True)
         self._thread.start()
         return self
@@ -125,6 +130,7 @@ class WriterLease:
 
     def release(self) -> None:
         self._stop.set()
+        _HELD.discard(self.run_id)
         try:
             holder = self._holder()
             if holder and holder.get("run_id") == self.run_id:

@@ -413,6 +413,7 @@ class IndexStore:
         self, name: str, actions: list[Any], chunk: ChunkCommit, *, seal: bool = False
     ) -> int:
         from deltalake import CommitProperties, Transaction
+        from deltalake.exceptions import CommitFailedError
 
         app = RUN_APP.format(run_id=chunk.run_id)
 
@@ -426,16 +427,23 @@ class IndexStore:
                     if self.has_table(data_table):
                         version = self.table(data_table).version()
                         txns.append(Transaction(SNAPSHOT_APP.format(table=data_table), version))
-            table.create_write_transaction(
-                actions,
-                "append",
-                tables.TABLES[name],
-                partition_by=list(tables.PARTITIONS[name]) or None,
-                commit_properties=CommitProperties(
-                    custom_metadata={"vidbatch.run_id": chunk.run_id},
-                    app_transactions=txns,
-                ),
-            )
+            try:
+                table.create_write_transaction(
+                    actions,
+                    "append",
+                    tables.TABLES[name],
+                    partition_by=list(tables.PARTITIONS[name]) or None,
+                    commit_properties=CommitProperties(
+                        custom_metadata={"vidbatch.run_id": chunk.run_id},
+                        app_transactions=txns,
+                    ),
+                )
+            except CommitFailedError:
+                # A put whose reply was lost and that delta-rs retried finds its own commit
+                # there and calls it a concurrent one: ours if it carries this commit's number.
+                table.update_incremental()
+                if (table.transaction_version(app) or 0) < chunk.sequence:
+                    raise
             table.update_incremental()
             return table.version()
 

@@ -19,9 +19,9 @@ def start_ray(*, verbose: bool = False) -> None:
     """Join the cluster RAY_ADDRESS names, or start a local Ray. Ray's own lines (object
     store notes, token auth, progress-bar hints) stay in Ray's log files unless `verbose`."""
     import ray
+    import ray.data  # configures its loggers on import: quiet them after that
 
     if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # core worker notes on stderr
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
@@ -93,11 +93,15 @@ def size_job(cluster: Mapping[str, float], resources: Resources, work: int) -> S
 
 class _StageWorker:
     """Ray Data's callable class around a stage: set up when the actor starts, torn down when
-    Ray Data lets the actor go (it deletes the callable)."""
+    Ray Data lets the actor go (it deletes the callable). The stage rides on the class, not as
+    a constructor argument: Ray keeps those in the object store and warns that an actor
+    restart depends on them (ray-project/ray#53727)."""
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-        stage.setup()
+    stage_template: Stage
+
+    def __init__(self) -> None:
+        self.stage = self.stage_template
+        self.stage.setup()
 
     def __call__(self, batch: Any) -> Any:
         return self.stage.process(batch)
@@ -138,10 +142,11 @@ def apply_stage(
         return ds.map_batches(run, **options)
     size = actors if isinstance(actors, tuple) else (actors, actors)
     # A worker class per stage, so `ps` and Ray's dashboard name the stage a process runs.
-    worker = type(type(stage).__name__, (_StageWorker,), {"__module__": __name__})
+    worker = type(
+        type(stage).__name__, (_StageWorker,), {"__module__": __name__, "stage_template": stage}
+    )
     return ds.map_batches(
         worker,
-        fn_constructor_args=(stage,),
         compute=ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
         **options,
     )

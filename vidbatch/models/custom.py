@@ -138,26 +138,30 @@ def _read_weights(
     return read_bytes(weights, storage_options), weights
 
 
+def _state_dict(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, safetensors or a torch state dict; never unpickles code
+    (a pickle with a payload is a one-line ValueError naming the file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    if data[8:9] == b"{":  # safetensors header: plain tensors, any metadata
+        try:
+            return load_safetensors(data)
+        except SafetensorError as exc:
+            raise ValueError(f"{uri}: not a valid safetensors file ({exc})") from None
+    return read_state_dict(data, uri)
+
+
 def load_factory_model(
     spec: ModelSpec,
     weights: str | None,
     storage_options: Mapping[str, Any] | None,
     device: torch.device,
 ) -> Classifier | Detector | ShotDetector:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
     module, meta = _call(spec.name, spec.builder)
     data, uri = _read_weights(weights, storage_options)
     if data:
-        if data[8:9] == b"{":  # safetensors header: plain tensors, any metadata
-            try:
-                state = load_safetensors(data)
-            except SafetensorError as exc:
-                raise ValueError(f"{uri}: not a valid safetensors file ({exc})") from None
-        else:
-            state = read_state_dict(data, uri)
-        fit_state_dict(module, state, uri)
+        fit_state_dict(module, _state_dict(data, uri), uri)
     identity = {
         "name": spec.name,
         "family": FAMILY,
@@ -190,7 +194,9 @@ def describe_factory_model(
     """From the declared metadata when the factory has it; the module is built only when the
     version has to be a hash of its parameters (no weights file, no `version`)."""
     meta = _metadata(spec.name, spec.builder)
-    data, _ = _read_weights(weights, storage_options)
+    data, uri = _read_weights(weights, storage_options)
+    if data:  # a file that is no state dict (or a pickle with a payload) stops the run here
+        _state_dict(data, uri)
     module = None
     if not data and not meta.get("version"):
         module, meta = _call(spec.name, spec.builder)

@@ -65,19 +65,11 @@ def one_line(text: str) -> str:
 FORMATS = ("csv", "json", "parquet")
 
 
-def write_table(
-    table: pa.Table, fmt: str, out: str | None, storage_options: Mapping[str, Any] | None = None
-) -> str:
-    """Write results as CSV, JSON Lines or Parquet to a local path or fsspec URI; returns `out`.
-
-    The file is complete or absent: it is serialized in memory first, and a local file is
-    written beside the target and renamed. CSV has no nested types, so list/struct columns
-    (clips.labels, clips.scores) become JSON text.
-    """
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """Results as CSV, JSON Lines or Parquet bytes. CSV has no nested types, so list/struct
+    columns (clips.labels, clips.scores) become JSON text; JSON writes times as ISO 8601."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if not out:
-        raise ValueError(f"--format {fmt} needs --out FILE")
     buffer = io.BytesIO()
     if fmt == "parquet":
         pq.write_table(table, buffer, compression="zstd")
@@ -86,14 +78,26 @@ def write_table(
     else:
         for row in table.to_pylist():
             buffer.write(json.dumps(row, default=_json_value, ensure_ascii=False).encode() + b"\n")
+    return buffer.getvalue()
+
+
+def write_table(
+    table: pa.Table, fmt: str, out: str | None, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """Write results (`encode`) to a local path or fsspec URI; returns `out`. The file is
+    complete or absent: serialized in memory first, a local file written beside the target
+    and renamed."""
+    if not out:
+        raise ValueError(f"--format {fmt} needs --out FILE")
+    data = encode(table, fmt)
     fs, path = filesystem(out, storage_options)
     if "://" in out and not out.startswith("file://"):
-        fs.pipe_file(path, buffer.getvalue())
+        fs.pipe_file(path, data)
     else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
         with open(partial, "wb") as handle:
-            handle.write(buffer.getvalue())
+            handle.write(data)
         os.replace(partial, path)
     return out
 

@@ -231,7 +231,7 @@ def write_results(
     index's storage_options; elsewhere with none, so a local file never gets S3 options."""
     import sys
 
-    from vidbatch.tools.query import FORMATS, write_table
+    from vidbatch.tools.query import FORMATS, encode, write_table
 
     if out:
         same_store = _protocol(out) == _protocol(index_uri)
@@ -240,27 +240,8 @@ def write_results(
     if fmt not in FORMATS or fmt == "parquet":
         raise ValueError(f"--format {fmt} needs --out FILE (only csv and json go to stdout)")
     sys.stdout.flush()
-    sys.stdout.buffer.write(encode_text(table, fmt))
+    sys.stdout.buffer.write(encode(table, fmt))
     sys.stdout.buffer.flush()
-
-
-def encode_text(table: pa.Table, fmt: str) -> bytes:
-    """CSV (nested columns as JSON text) or JSON Lines, as `query.write_table` writes them."""
-    import io
-    import json
-
-    import pyarrow.csv as pacsv
-
-    from vidbatch.tools.query import _flatten_nested, _json_value
-
-    buffer = io.BytesIO()
-    if fmt == "csv":
-        pacsv.write_csv(_flatten_nested(table), buffer)
-    else:
-        for row in table.to_pylist():
-            line = json.dumps(row, default=_json_value, ensure_ascii=False)
-            buffer.write(line.encode() + b"\n")
-    return buffer.getvalue()
 
 
 def _protocol(uri: str) -> str:
