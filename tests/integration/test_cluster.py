@@ -13,6 +13,7 @@ import re
 import shlex
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 CLUSTER_YAMLS = sorted([*CLUSTER.rglob("*.yaml"), *CLUSTER.rglob("*.yml")])
+# Never uploaded with the working dir, whatever the submitting client's Ray defaults are.
+REQUIRED_EXCLUDES = {".git", ".venv", "venv", "__pycache__", "build", "*.egg-info"}
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -227,6 +230,53 @@ def test_no_credentials_in_cluster_or_job_files(path: Path) -> None:
             assert not credential_findings(yaml.safe_load(doc["runtimeEnvYAML"]))
 
 
+# --- runtime env ---------------------------------------------------------------------------------
+
+
+def runtime_envs() -> dict[str, dict[str, Any]]:
+    rayjob = by_kind(KUBERAY / "rayjob.yaml")["RayJob"]
+    return {
+        "jobs/runtime_env.yaml": yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text()),
+        "kuberay/rayjob.yaml": yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(runtime_envs()))
+def test_runtime_env_excludes_virtualenvs_and_build_output(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packaged by Ray's own code with its default excludes switched off (older clients have
+    none; RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES='' removes them): the listed excludes alone
+    keep every virtualenv, cache and build folder, at any depth, out of the upload."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    excludes = runtime_envs()[name]["excludes"]
+    assert REQUIRED_EXCLUDES <= set(excludes)
+    monkeypatch.setenv("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "")
+    tree = tmp_path / "checkout"
+    kept = ["vidbatch/__init__.py", "jobs/index_archive.py", "jobs/configs/nightly-s3.yaml"]
+    left_out = [
+        ".venv/bin/python",
+        "venv/lib/site.py",
+        ".git/HEAD",
+        "vidbatch/__pycache__/x.cpython-311.pyc",
+        "build/lib/vidbatch/__init__.py",
+        "vidbatch.egg-info/PKG-INFO",
+        "tests/test_x.py",
+    ]
+    for relative in kept + left_out:
+        (tree / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tree / relative).write_text("x")
+    package = tmp_path / "package.zip"
+    create_package(str(tree), package, include_gitignore=False, excludes=list(excludes))
+    with zipfile.ZipFile(package) as archive:
+        names = {n for n in archive.namelist() if not n.endswith("/")}
+    assert set(kept) <= names
+    assert not names & set(left_out), sorted(names & set(left_out))
+
+
 # --- KubeRay -------------------------------------------------------------------------------------
 
 EXPECTED_KINDS = {
@@ -405,11 +455,23 @@ def nightly() -> dict[str, dict[str, Any]]:
     return by_kind(KUBERAY / "nightly-cronjob.yaml")
 
 
-def launch_script(nightly: dict[str, dict[str, Any]]) -> str:
+def launch_container(nightly: dict[str, dict[str, Any]]) -> dict[str, Any]:
     pod = nightly["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"][:1] == ["/bin/sh"]
-    return container["args"][-1]
+    return container
+
+
+def launch_script(nightly: dict[str, dict[str, Any]]) -> str:
+    return launch_container(nightly)["args"][-1]
+
+
+def test_launch_script_fails_on_a_failed_pipe(nightly: dict[str, dict[str, Any]]) -> None:
+    """Without pipefail, `kubectl get ... | awk` reads a failed kubectl as "nothing running"."""
+    container = launch_container(nightly)
+    argv = [*container["command"], *container["args"][:-1]]
+    shell_opts = " ".join(argv[1:])
+    assert "pipefail" in shell_opts or "set -o pipefail" in launch_script(nightly)
+    assert "-e" in shell_opts or re.search(r"-\w*e\w*\b", shell_opts)
 
 
 def test_cronjob_schedule_and_rbac(nightly: dict[str, dict[str, Any]]) -> None:
@@ -432,6 +494,8 @@ def test_cronjob_schedule_and_rbac(nightly: dict[str, dict[str, Any]]) -> None:
         "ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"]
         for r in rules
     )
+    verbs = {v for r in rules for v in r["verbs"]}
+    assert {"create", "get", "list", "watch", "delete"} <= verbs
     assert all(r["resources"] == ["rayjobs"] for r in rules), "launcher needs nothing else"
 
 
@@ -456,14 +520,23 @@ def test_cronjob_creates_the_rayjob_from_its_configmap(
 FAKE_KUBECTL = """#!/bin/sh
 echo "$*" >> "$KUBECTL_LOG"
 case "$*" in
-  *jsonpath*) cat "$FAKE_STATUS" ;;
+  *jsonpath*) [ -n "${FAKE_GET_FAILS:-}" ] && { echo "connection refused" >&2; exit 1; }
+              cat "$FAKE_STATUS" ;;
   *"--sort-by"*) cat "$FAKE_NAMES" ;;
 esac
 """
 
 
-def run_launch_script(tmp_path: Path, script: str, statuses: str, names: list[str]) -> list[str]:
-    """Run the CronJob's shell script with a fake kubectl that records its arguments."""
+def run_launch_script(
+    tmp_path: Path,
+    nightly: dict[str, dict[str, Any]],
+    statuses: str,
+    names: list[str],
+    *,
+    get_fails: bool = False,
+) -> tuple[int, list[str]]:
+    """Run the CronJob's script with its own command line and a fake kubectl that records its
+    arguments; returns the exit status and the kubectl calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     kubectl = bin_dir / "kubectl"
@@ -479,24 +552,214 @@ def run_launch_script(tmp_path: Path, script: str, statuses: str, names: list[st
         "FAKE_STATUS": str(tmp_path / "status"),
         "FAKE_NAMES": str(tmp_path / "names"),
     }
-    subprocess.run(["/bin/sh", "-ec", script], env=env, check=True, timeout=30)
-    return log.read_text().splitlines() if log.exists() else []
+    if get_fails:
+        env["FAKE_GET_FAILS"] = "1"
+    container = launch_container(nightly)
+    done = subprocess.run(
+        [*container["command"], *container["args"]], env=env, timeout=30, capture_output=True
+    )
+    return done.returncode, log.read_text().splitlines() if log.exists() else []
+
+
+def creates(calls: list[str]) -> list[str]:
+    return [c for c in calls if " create " in c]
 
 
 def test_launch_script_creates_tonights_rayjob_and_prunes_old_ones(
     tmp_path: Path, nightly: dict[str, dict[str, Any]]
 ) -> None:
     old = [f"rayjob.ray.io/vidbatch-nightly-{i:02d}" for i in range(10)]  # oldest first
-    calls = run_launch_script(tmp_path, launch_script(nightly), "a Complete\nb Failed\n", old)
+    code, calls = run_launch_script(tmp_path, nightly, "a Complete\nb Failed\n", old)
+    assert code == 0
     assert any(c.startswith("-n vidbatch create -f /etc/vidbatch/rayjob.yaml") for c in calls)
     deletes = [c for c in calls if " delete" in c]
     assert deletes == ["-n vidbatch delete " + " ".join(old[:3])]  # keeps the newest 7
 
 
+@pytest.mark.parametrize("status", ["Running", "Initializing", "Retrying", "Waiting", ""])
 def test_launch_script_skips_while_a_run_is_in_progress(
+    tmp_path: Path, nightly: dict[str, dict[str, Any]], status: str
+) -> None:
+    code, calls = run_launch_script(
+        tmp_path, nightly, f"a Complete\nb {status}\n", ["rayjob.ray.io/b"]
+    )
+    assert code == 0
+    assert not [c for c in calls if " create " in c or " delete" in c], calls
+
+
+def test_launch_script_runs_after_a_rayjob_that_failed_validation(
     tmp_path: Path, nightly: dict[str, dict[str, Any]]
 ) -> None:
-    calls = run_launch_script(
-        tmp_path, launch_script(nightly), "a Complete\nb Running\n", ["rayjob.ray.io/b"]
+    """A RayJob the operator refused (ValidationFailed) never runs: it must not block every
+    night after it."""
+    code, calls = run_launch_script(
+        tmp_path, nightly, "a Complete\nb ValidationFailed\n", ["rayjob.ray.io/b"]
     )
-    assert not [c for c in calls if " create " in c or " delete" in c], calls
+    assert code == 0 and creates(calls), calls
+
+
+def test_launch_script_fails_when_kubectl_get_fails(
+    tmp_path: Path, nightly: dict[str, dict[str, Any]]
+) -> None:
+    """An unreachable API server is a failed pod (the Job retries), not "nothing running"."""
+    code, calls = run_launch_script(tmp_path, nightly, "", [], get_fails=True)
+    assert code != 0
+    assert not creates(calls), calls
+
+
+# --- the launcher's nightly script -------------------------------------------------------------
+
+FAKE_RAY = """#!/bin/sh
+echo "$*" >> "$RAY_LOG"
+case "$1" in
+  up) [ -n "${FAKE_UP_FAILS:-}" ] && exit 3 ;;
+  exec) [ -n "${FAKE_JOB_FAILS:-}" ] && exit 4 ;;
+esac
+exit 0
+"""
+
+
+def run_nightly_aws(tmp_path: Path, **fail: str) -> tuple[int, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ray = bin_dir / "ray"
+    ray.write_text(FAKE_RAY)
+    ray.chmod(ray.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "ray.log"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "RAY_LOG": str(log),
+        **fail,
+    }
+    env.pop("VIDBATCH_GPUS", None)
+    done = subprocess.run(
+        ["bash", str(CLUSTER / "nightly-aws.sh")], env=env, timeout=30, capture_output=True
+    )
+    return done.returncode, log.read_text().splitlines() if log.exists() else []
+
+
+def test_nightly_aws_runs_the_job_after_the_gpus_and_always_takes_the_cluster_down(
+    tmp_path: Path, launcher: dict[str, Any]
+) -> None:
+    code, calls = run_nightly_aws(tmp_path)
+    assert code == 0
+    assert [c.split()[0] for c in calls] == ["up", "exec", "down"]
+    assert calls[0] == "up -y cluster/aws.yaml" and calls[-1] == "down -y cluster/aws.yaml"
+    job = calls[1]
+    assert wait_flag(job.split("-- ", 1)[1]) == launcher_gpus(launcher)
+    assert "jobs/configs/nightly-s3.yaml" in job and "--runtime-env jobs/runtime_env.yaml" in job
+
+
+@pytest.mark.parametrize(("fail", "code"), [("FAKE_JOB_FAILS", 4), ("FAKE_UP_FAILS", 3)])
+def test_nightly_aws_takes_the_cluster_down_after_a_failure(
+    tmp_path: Path, fail: str, code: int
+) -> None:
+    returned, calls = run_nightly_aws(tmp_path, **{fail: "1"})
+    assert returned == code  # the job's (or ray up's) status
+    assert calls[-1] == "down -y cluster/aws.yaml"
+    assert not (fail == "FAKE_UP_FAILS" and any(c.startswith("exec") for c in calls))
+
+
+# --- jobs/index_archive.py: waiting for the GPUs -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def index_archive() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "index_archive", REPO / "jobs" / "index_archive.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeCluster:
+    """cluster_resources() that gains one GPU per poll after `join_after` polls, and a clock
+    that advances by each sleep."""
+
+    def __init__(self, join_after: int, gpus: int) -> None:
+        self.polls, self.join_after, self.gpus, self.now = 0, join_after, gpus, 0.0
+
+    def resources(self) -> dict[str, float]:
+        self.polls += 1
+        have = max(0, min(self.gpus, self.polls - self.join_after))
+        return {"CPU": 32.0, **({"GPU": float(have)} if have else {})}
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_wait_for_gpus_returns_once_they_have_joined(index_archive: Any) -> None:
+    cluster, notes = FakeCluster(join_after=3, gpus=2), []
+    waited = index_archive.wait_for_gpus(
+        2,
+        600,
+        cluster.resources,
+        poll_s=5,
+        clock=cluster.clock,
+        sleep=cluster.sleep,
+        log=notes.append,
+    )
+    assert cluster.polls == 5 and waited == 20
+    assert notes and "2 GPUs present" in notes[-1]
+
+
+def test_wait_for_gpus_times_out_with_one_line_saying_what_is_there(index_archive: Any) -> None:
+    cluster = FakeCluster(join_after=10**9, gpus=2)
+    with pytest.raises(index_archive.GpuWaitTimeout) as raised:
+        index_archive.wait_for_gpus(
+            2,
+            120,
+            cluster.resources,
+            poll_s=5,
+            clock=cluster.clock,
+            sleep=cluster.sleep,
+            log=lambda message: None,
+        )
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "2 GPUs" in message and "has 0" in message and "CPU 32" in message
+    assert 120 <= cluster.now <= 125
+
+
+def test_index_archive_splits_its_flags_from_vidbatch_runs(index_archive: Any) -> None:
+    ours, rest = index_archive.parse(
+        ["--wait-for-gpus", "2", "--wait-timeout", "60", "c.yaml", "--set", "a.b=1", "--limit", "3"]
+    )
+    assert (ours.wait_for_gpus, ours.wait_timeout) == (2, 60.0)
+    assert rest == ["c.yaml", "--set", "a.b=1", "--limit", "3"]
+    ours, rest = index_archive.parse(["c.yaml"])
+    assert ours.wait_for_gpus == 0 and rest == ["c.yaml"]
+
+
+def test_index_archive_reports_a_bad_config_before_waiting(tmp_path: Path) -> None:
+    """A wrong key fails at once with vidbatch's one-line error, not after the GPU wait."""
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "source: {uri: videos/}\noutput: {uri: index/}\nmodels: [{name: motion-cnn}]\n"
+        "resorces: {actors: 2}\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "index_archive.py"),
+            "--wait-for-gpus",
+            "4",
+            "--wait-timeout",
+            "600",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "resorces" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "waiting for GPUs" not in done.stderr
