@@ -11,13 +11,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from vidbatch.errors import StageError
-from vidbatch.job.stages import DecodeStage, WorkUnit
+from vidbatch.job.stages import UNIT, DecodeStage
 from vidbatch.media.decode import probe
 from vidbatch.media.isolation import Sandbox, SandboxError, SandboxPool, run_isolated
 from vidbatch.specs import ClipSpec
@@ -93,19 +92,38 @@ def test_probe_of_a_stuck_file_times_out(fifo):
 
 
 def test_decode_hang_inside_ray_fails_that_segment_only(ray_session, fifo, small_archive):
-    """Through Ray Data, as the job runs it: the stuck segment gets an error row, the good one
-    its clips, and the worker survives to decode it."""
+    """Through Ray Data, as the job runs it (one decode worker, its sandbox made in setup): the
+    stuck segment gets an error row, the good one its clips, and the worker survives to
+    decode it."""
+    import pyarrow as pa
     import ray.data
+
+    from vidbatch.job.ray import apply_stage
 
     good = small_archive.uris[0]
     duration = probe(good).duration_s
-    units = [
-        WorkUnit("stuck", fifo, 0, 1, 0.0, 4.0, 4.0),
-        WorkUnit("good", good, 0, 1, 0.0, duration, duration),
-    ]
+
+    def unit(video_id: str, source: str, seconds: float) -> dict:
+        return {
+            "video_id": video_id,
+            "uri": source,
+            "source": source,
+            "chunk": 0,
+            "segment_index": 0,
+            "segment_count": 1,
+            "start_s": 0.0,
+            "end_s": seconds,
+            "duration_s": seconds,
+            "fps": 25.0,
+            "error": "",
+        }
+
+    units = pa.Table.from_pylist(
+        [unit("stuck", str(fifo), 4.0), unit("good", good, duration)], schema=UNIT
+    )
     stage = DecodeStage((CLIP,), timeout_s=2.0)
-    ds = ray.data.from_items([asdict(u) for u in units], override_num_blocks=1)
-    rows = {r["video_id"]: r for r in ds.map(stage).take_all()}
+    ds = apply_stage(ray.data.from_arrow(units), stage, actors=1)
+    rows = {r["video_id"]: r for r in ds.take_all()}
     assert rows["stuck"]["error"].startswith("decode: isolated decode failed twice: timed out")
     assert rows["good"]["error"] == ""
     assert rows["good"]["frames_used"] > 0
