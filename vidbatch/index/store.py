@@ -340,9 +340,10 @@ class IndexStore:
                 actions += self._replaced(name, chunk.replace_uris, chunk.models, current_ids)
             if actions:
                 versions[name] = self._commit(name, actions, chunk)
-        uris = [*chunk.videos.column("uri").to_pylist(), *chunk.replace_uris]
+        # Only uris the index already holds can have rows to replace: a backfill of new videos
+        # reads no existing file (planning marked every uri the index holds as known).
         actions = [f.add_action() for f in self.write_rows("videos", chunk.videos)]
-        actions += self._replaced("videos", uris, None, frozenset())
+        actions += self._replaced("videos", chunk.replace_uris, None, frozenset())
         versions["videos"] = self._commit("videos", actions, chunk, seal=True)
         return versions
 
@@ -484,16 +485,30 @@ class IndexStore:
         if live.num_rows == 0:
             return []
         wanted = np.array(sorted(set(uris)), dtype=object)
-        low = live.column("min.uri").to_pylist() if "min.uri" in live.column_names else None
-        high = live.column("max.uri").to_pylist() if "max.uri" in live.column_names else None
+        candidates = range(live.num_rows)
+        if "min.uri" in live.column_names and "max.uri" in live.column_names:
+            # Files whose [min uri, max uri] holds a wanted uri (or that have no statistics).
+            low = live.column("min.uri").to_numpy(zero_copy_only=False)
+            high = live.column("max.uri").to_numpy(zero_copy_only=False)
+            known = np.array(
+                [a is not None and b is not None for a, b in zip(low, high, strict=True)]
+            )
+            at = np.searchsorted(wanted, np.where(known, low, ""), side="left")
+            inside = np.array(
+                [
+                    k and i < len(wanted) and wanted[i] <= h
+                    for k, i, h in zip(known, at, high, strict=True)
+                ]
+            )
+            candidates = np.flatnonzero(inside | ~known)
         now = int(time.time() * 1000)
         actions: list[Any] = []
-        for i, path in enumerate(live.column("path").to_pylist()):
-            if low and low[i] is not None and high[i] is not None:
-                at = int(np.searchsorted(wanted, low[i], side="left"))
-                if at >= len(wanted) or wanted[at] > high[i]:
-                    continue  # no wanted uri within this file's range
-            values = {c: live.column(f"partition.{c}")[i].as_py() for c in tables.PARTITIONS[name]}
+        paths = live.column("path")
+        for i in candidates:
+            path = paths[int(i)].as_py()
+            values = {
+                c: live.column(f"partition.{c}")[int(i)].as_py() for c in tables.PARTITIONS[name]
+            }
             physical = _physical(path)
             rows = self._read_file(name, physical, values, columns=["uri", "video_id"])
             drop = pc.is_in(rows.column("uri"), value_set=pa.array(wanted.tolist(), pa.string()))
@@ -506,7 +521,7 @@ class IndexStore:
             hits = pc.sum(drop).as_py() or 0
             if hits == 0:
                 continue
-            size = live.column("size_bytes")[i].as_py()
+            size = live.column("size_bytes")[int(i)].as_py()
             actions.append(remove_action(physical, size, values, now))
             if hits < rows.num_rows:
                 whole = self._read_file(name, physical, values)

@@ -139,6 +139,7 @@ def apply_stage(
             finally:
                 stage.teardown()
 
+        run.__name__ = run.__qualname__ = type(stage).__name__  # Ray names the tasks after it
         return ds.map_batches(run, **options)
     size = actors if isinstance(actors, tuple) else (actors, actors)
     # A worker class per stage, so `ps` and Ray's dashboard name the stage a process runs.

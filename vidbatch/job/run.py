@@ -273,7 +273,7 @@ def videos_rows(plan: Plan, chunk: pa.Table, progress: dict[str, VideoProgress])
                 "mtime": video["mtime"],
                 **{k: info.get(k) for k in ("duration_s", "fps", "width", "height", "codec")},
                 "status": "failed" if failed else "ok",
-                "error": state.error,
+                "error": scrub(state.error, plan.config.source.storage_options) if failed else None,
                 "attempts": video["attempts"] if failed else 0,
                 "segments": 0 if failed and not info else state.segments,
                 "frames_decoded": state.frames_decoded,

@@ -155,3 +155,15 @@ def test_segment_cap_names_the_limit(tmp_path):
         "probe: 3 segments is over limits.max_segments_per_video=2 "
         "(raise it or sampling.segment_seconds)"
     )
+
+
+def test_keyframes_mode_refuses_a_classifier_before_anything_starts(tmp_path):
+    from vidbatch.errors import ConfigError
+    from vidbatch.job.run import plan_run
+
+    config = config_from_dict(
+        job_config(str(tmp_path), str(tmp_path / "out"), sampling={"decode_mode": "keyframes"})
+    )
+    with pytest.raises(ConfigError, match="keyframes only suits detectors"):
+        plan_run(config)
+    assert not (tmp_path / "out").exists()
