@@ -3,8 +3,10 @@ sizing actor pools from what the cluster has, and turning stages into Ray Data c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,19 +26,41 @@ def start_ray(*, verbose: bool = False) -> None:
     if not verbose:
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # The driver's core worker writes notes to stderr (e.g. ray-project/ray#53727 for every
+        # Ray Data actor); at "fatal" it keeps them to Ray's log files. It announces the
+        # setting itself on stderr while Ray starts: that line is dropped below.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            log_to_driver=verbose,
-            logging_level=logging.INFO if verbose else logging.ERROR,
-            include_dashboard=None if os.environ.get("RAY_ADDRESS") else False,
-        )
+        with contextlib.nullcontext() if verbose else _stderr_silenced():
+            ray.init(
+                address=os.environ.get("RAY_ADDRESS"),
+                log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.ERROR,
+                include_dashboard=None if os.environ.get("RAY_ADDRESS") else False,
+            )
     from ray.data import DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
     context.verbose_stats_logs = False
+
+
+RESERVED_CPUS = 0.5  # a probe task and a write task, a quarter CPU each
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Any:
+    """File descriptor 2 to /dev/null for a moment (native code's writes included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass(frozen=True)
@@ -52,18 +76,20 @@ class Sizing:
     model_batch_size: int | None  # inputs per forward pass; None: each model's default
 
 
-def size_job(cluster: Mapping[str, float], resources: Resources, work: int) -> Sizing:
+def size_job(
+    cluster: Mapping[str, float], resources: Resources, work: int, nodes: int = 1
+) -> Sizing:
     """Worker counts, GPUs per actor and batch size from the cluster's resources (`auto`) or
     the config; never more workers than videos to index (`work`).
 
     Without GPUs (and without `decode_actors` set), decoding and inference share one worker
     per CPU. With GPUs, one inference actor per GPU, and decode workers on the CPUs left.
-    The logical CPUs asked for leave room for one probe task (1 CPU, see ProbeStage) and one
-    write task (1/4): Ray could not schedule them while the workers held every CPU."""
+    The logical CPUs asked for leave room for a probe task and a write task (1/4 CPU each) on
+    every node: Ray could not schedule them where the workers held every CPU."""
     gpus = float(cluster.get("GPU", 0))
     cpus = max(1.0, float(cluster.get("CPU", 1)))
     work = max(1, work)
-    spare = max(0.25, cpus - 1.25)  # what the workers may ask for
+    spare = max(0.25, cpus - RESERVED_CPUS * max(1, nodes))  # what the workers may ask for
     if resources.gpus_per_actor == "auto":
         per_gpu_actor = 1.0 if gpus else 0.0
     else:
@@ -153,6 +179,19 @@ def apply_stage(
     )
 
 
+def split_blocks(ds: Any, rows_per_block: int, num_cpus: float) -> Any:
+    """`ds` in blocks of at most `rows_per_block` rows (streaming), so work units spread over
+    the decode workers. Ray Data fuses the split into the stage before it when both ask for
+    the same resources; its split asks for 1 CPU and offers no option, so the logical
+    operator's resources are set here: a 1-CPU task could never be scheduled on nodes whose
+    CPUs the decode workers hold."""
+    ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    if isinstance(getattr(op, "ray_remote_args", None), dict):
+        op.ray_remote_args["num_cpus"] = num_cpus
+    return ds
+
+
 def from_videos(videos: pa.Table, videos_per_block: int) -> Any:
     """A dataset of videos to index, a block of many videos each (Ray's overhead is per
     block: ~11 ms and ~14 KB of driver memory, measured)."""
@@ -167,3 +206,9 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return dict(ray.cluster_resources())
+
+
+def cluster_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

@@ -432,13 +432,13 @@ def _index(
     verbose: bool,
 ) -> int:
     """Run the Ray pipeline, committing each chunk when done; returns the last commit number."""
-    from vidbatch.job.ray import cluster_resources, size_job, start_ray
+    from vidbatch.job.ray import cluster_nodes, cluster_resources, size_job, start_ray
 
     begun = time.monotonic()
     start_ray(verbose=verbose)
     cluster = cluster_resources()
     summary.cpus = float(cluster.get("CPU", 1))
-    sizing = size_job(cluster, config.resources, plan.todo.num_rows)
+    sizing = size_job(cluster, config.resources, plan.todo.num_rows, cluster_nodes())
     where = f"{sizing.gpus_per_actor:g} GPU each" if sizing.gpus_per_actor else "CPU"
     decoding = "decoding in them" if sizing.fused else f"{sizing.decode_actors} decode worker(s)"
     log(
@@ -518,7 +518,7 @@ def _results(
     config: JobConfig, plan: Plan, store: IndexStore, sizing: Any
 ) -> Iterator[dict[str, Any]]:
     """Build the Ray Data stream and yield one small result row per work unit."""
-    from vidbatch.job.ray import apply_stage, from_videos
+    from vidbatch.job.ray import apply_stage, from_videos, split_blocks
 
     todo = plan.todo.select(["video_id", "uri", "source", "size_bytes", "error", "chunk"])
     workers = max(sizing.decode_actors, sizing.inference_actors)  # the parallelism downstream
@@ -530,11 +530,12 @@ def _results(
         limits=config.limits,
         timeout_s=config.resources.probe_timeout_s,
     )
-    # Probing runs as tasks (a sandbox per block of videos), so Ray Data fuses the split into
-    # work-unit blocks into the same task: a separate split task would wait for a CPU the
-    # decode workers hold.
+    # Probing runs as tasks (a sandbox per block of videos); the split into blocks of work
+    # units fuses into them. Small jobs get a unit per block (every worker busy), large ones
+    # up to 16 (Ray's cost is per block).
     ds = apply_stage(ds, probe, actors=None)
-    ds = ds.repartition(target_num_rows_per_block=max(1, min(16, todo.num_rows // (8 * workers))))
+    units_per_block = max(1, min(16, todo.num_rows // (8 * workers)))
+    ds = split_blocks(ds, units_per_block, probe.num_cpus)
     frame_spec: FrameSpec | None = (
         config.sampling.frames if any(m.task == "detect" for m in plan.models) else None
     )

@@ -98,9 +98,7 @@ class ProbeStage(Stage):
     clip_specs: tuple[ClipSpec, ...] = ()
     limits: Limits = Limits()
     timeout_s: float = 60.0
-    # One logical CPU: Ray Data fuses the split into work-unit blocks into this task only when
-    # both ask for the same resources (the split asks for 1 CPU).
-    num_cpus: float = 1.0
+    num_cpus: float = 0.25  # mostly waiting on storage
     batch_size: int | None = None  # a whole block of videos per call
     sandbox: Sandbox | None = field(default=None, init=False, repr=False)
 

@@ -13,8 +13,11 @@ from vidbatch.job.ray import size_job
 def test_cpu_only_fuses_decode_into_one_worker_per_cpu():
     sizing = size_job({"CPU": 16}, Resources(), work=1000)
     assert sizing.fused and sizing.inference_actors == 16 and sizing.gpus_per_actor == 0
-    # The workers' logical CPUs leave a probe task (1) and a write task (1/4) room.
-    assert sizing.inference_actors * sizing.cpus_per_inference + 1.25 == pytest.approx(16)
+    # The workers' logical CPUs leave a probe and a write task (1/4 CPU each) room.
+    assert sizing.inference_actors * sizing.cpus_per_inference + 0.5 == pytest.approx(16)
+    # ... on every node: four nodes of 4 CPUs keep half a CPU free each.
+    spread = size_job({"CPU": 16}, Resources(), work=1000, nodes=4)
+    assert spread.inference_actors * spread.cpus_per_inference + 4 * 0.5 == pytest.approx(16)
 
 
 def test_gpus_get_one_inference_actor_each_and_decoders_on_the_cpus_left():
@@ -25,8 +28,8 @@ def test_gpus_get_one_inference_actor_each_and_decoders_on_the_cpus_left():
         1.0,
         1.0,
     )
-    assert sizing.decode_actors == 12  # 16 - 2 inference - 1.25 for probe and write, whole
-    assert sizing.decode_actors * sizing.cpus_per_decoder + 2 + 1.25 <= 16
+    assert sizing.decode_actors == 13  # 16 - 2 inference - 0.5 for probe and write, whole
+    assert sizing.decode_actors * sizing.cpus_per_decoder + 2 + 0.5 <= 16
 
 
 def test_explicit_resources_and_small_jobs():
