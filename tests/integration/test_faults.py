@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ import yaml
 from tests.support.index import expected_clips
 from tests.support.index import read as read_index
 from tests.support.ray_cluster import (
+    REPO,
     LocalCluster,
     alive,
     cmdline,
@@ -121,6 +123,77 @@ def retries(cluster: LocalCluster, pids: set[int]) -> tuple[list[dict], list[dic
         )
     ]
     return failed, finished
+
+
+@pytest.mark.timeout(900)
+def test_probe_and_write_run_on_worker_nodes_and_match_a_one_node_run(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Scale-out: the probe and write stages run as tasks on the worker nodes (Ray's state
+    API says where each finished), and the index equals one a single-node Ray makes."""
+    from vidbatch.media.synth import synthesize
+
+    made = synthesize(tmp_path / "archive", 12, seed=31, min_seconds=3.0, max_seconds=5.0)
+
+    def config(output: Path) -> Path:
+        path = output.with_suffix(".yaml")
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "source": {"uri": str(Path(made.uris[0]).parent)},
+                    "output": {"uri": str(output)},
+                    "models": [{"name": "motion-cnn"}],
+                    "incremental": False,
+                    "resources": {"commit_every": 3},
+                }
+            )
+        )
+        return path
+
+    spread = tmp_path / "spread"
+    done = subprocess.run(
+        submit_command(cluster, config(spread)),
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0 and "succeeded" in done.stdout + done.stderr, done.stdout[-3000:]
+    nodes = cluster.api("/api/v0/nodes?limit=100")["data"]["result"]["result"]
+    head = {n["node_id"] for n in nodes if n["is_head_node"]}
+    tasks = cluster.api("/api/v0/tasks?limit=10000&detail=1")["data"]["result"]["result"]
+
+    def ran_on(stage: str) -> set[str]:
+        return {t["node_id"] for t in tasks if stage in t["name"] and t["state"] == "FINISHED"}
+
+    assert ran_on("ProbeStage") - head, {t["name"] for t in tasks}
+    assert ran_on("WriteStage") - head, {t["name"] for t in tasks}
+
+    # The same job on a one-node Ray (a fresh local one: RAY_ADDRESS unset).
+    alone = tmp_path / "alone"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    local = subprocess.run(
+        [sys.executable, "-m", "vidbatch.cli", "run", str(config(alone)), "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    def rows(output: Path) -> tuple[list, list]:
+        videos = sorted(
+            (v["video_id"], v["status"], v["segments"], v["duration_s"])
+            for v in read(output, "videos")
+        )
+        clips = sorted(
+            (c["video_id"], c["clip_start_s"], c["label"], round(c["score"], 4))
+            for c in read(output, "clips")
+        )
+        return videos, clips
+
+    assert rows(spread) == rows(alone) and len(rows(alone)[0]) == 12
 
 
 def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(

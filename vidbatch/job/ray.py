@@ -47,6 +47,8 @@ def start_ray(*, verbose: bool = False) -> None:
 
 
 RESERVED_CPUS = 0.5  # a probe task and a write task, a quarter CPU each
+# Stateless stages (probe, write) wait on storage: spread them over the nodes, not the driver's.
+TASK_PLACEMENT = {"scheduling_strategy": "SPREAD"}
 
 
 @contextlib.contextmanager
@@ -166,7 +168,7 @@ def apply_stage(
                 stage.teardown()
 
         run.__name__ = run.__qualname__ = type(stage).__name__  # Ray names the tasks after it
-        return ds.map_batches(run, **options)
+        return ds.map_batches(run, **options, **TASK_PLACEMENT)
     size = actors if isinstance(actors, tuple) else (actors, actors)
     # A worker class per stage, so `ps` and Ray's dashboard name the stage a process runs.
     worker = type(
@@ -188,7 +190,7 @@ def split_blocks(ds: Any, rows_per_block: int, num_cpus: float) -> Any:
     ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
     op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
     if isinstance(getattr(op, "ray_remote_args", None), dict):
-        op.ray_remote_args["num_cpus"] = num_cpus
+        op.ray_remote_args.update(num_cpus=num_cpus, **TASK_PLACEMENT)
     return ds
 
 
