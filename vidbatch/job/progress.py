@@ -32,7 +32,7 @@ class Progress:
         self.total, self.log, self.interval_s, self.enabled = total_videos, log, interval_s, enabled
         self.started = time.monotonic()
         self.last_line = self.started
-        self.videos = self.segments = self.failed = 0
+        self.videos = self.segments = self.failed = self.chunks = 0
         self.video_seconds = 0.0
         stream = stream or sys.stderr
         self.bar: Any = None
@@ -51,6 +51,9 @@ class Progress:
     def segment_done(self) -> None:
         self.segments += 1
 
+    def chunk_committed(self) -> None:
+        self.chunks += 1
+
     def video_done(self, seconds: float, failed: bool) -> None:
         self.videos += 1
         self.failed += int(failed)
@@ -66,7 +69,10 @@ class Progress:
 
     def _show(self) -> None:
         per_hour, eta = self._rates()
-        status = f"{self.segments} segments, {self.failed} failed, {per_hour:.1f} video-h/h"
+        status = (
+            f"{self.segments} segments, {self.failed} failed, {self.chunks} chunks committed, "
+            f"{per_hour:.1f} video-h/h"
+        )
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(status, refresh=False)

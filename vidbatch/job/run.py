@@ -61,6 +61,7 @@ class RunSummary:
     video_seconds: float = 0.0
     frames_decoded: int = 0
     frames_used: int = 0
+    frames_delivered: int = 0  # detector frames, distinct (keyframes mode delivers fewer)
     wall_s: float = 0.0
     cpus: float = 1.0
     stage_s: dict[str, float] = field(default_factory=dict)
@@ -88,7 +89,13 @@ class RunSummary:
             f"{self.skipped} skipped), {self.clips} clips, {self.detections} detections, "
             f"{self.shots} shots, {self.video_seconds / 3600:.3f} video-hours in {self.wall_s:.1f}s "
             f"({self.video_seconds / 3600 / core_hours:.1f} video-hours/core-hour), "
-            f"frames decoded/used {self.frames_decoded}/{self.frames_used}, stages "
+            f"frames decoded/used {self.frames_decoded}/{self.frames_used}, "
+            + (
+                f"detector frames {self.frames_delivered / self.video_seconds:.2f}/s of video, "
+                if self.frames_delivered and self.video_seconds
+                else ""
+            )
+            + "stages "
             + " ".join(f"{k} {v:.1f}s" for k, v in self.stage_s.items())
         )
 
@@ -204,6 +211,7 @@ class VideoProgress:
     info: dict[str, Any] = field(default_factory=dict)
     frames_decoded: int = 0
     frames_used: int = 0
+    frames_delivered: int = 0
     transitions: dict[str, list[list[float]]] = field(default_factory=dict)  # shot model -> cuts
 
     @property
@@ -241,6 +249,7 @@ class ChunkTracker:
         video.done += 1
         video.frames_decoded += int(result["frames_decoded"])
         video.frames_used += int(result["frames_used"])
+        video.frames_delivered += int(result["frames_delivered"])
         if result["error"] and video.error is None:
             video.error = result["error"]
         for model, cuts in json.loads(result["transitions"] or "{}").items():
@@ -460,6 +469,7 @@ def _index(
             if tracker.complete(chunk):
                 sequence += 1
                 _commit(plan, store, lease, tracker, chunk, sequence, models, summary)
+                progress.chunk_committed()
     finally:
         progress.close()
     summary.clips, summary.detections, summary.shots = (
@@ -505,6 +515,7 @@ def _commit(
         summary.segments += state.segments if state.info else 0
         summary.frames_decoded += state.frames_decoded
         summary.frames_used += state.frames_used
+        summary.frames_delivered += state.frames_delivered if state.error is None else 0
         if state.error is not None:
             summary.failed += 1
             stage = state.error.split(":", 1)[0]

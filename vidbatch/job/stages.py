@@ -61,6 +61,7 @@ RESULT = pa.schema(
         *[UNIT.field(name) for name in UNIT.names if name != "source"],
         ("frames_decoded", pa.int64()),
         ("frames_used", pa.int64()),
+        ("frames_delivered", pa.int64()),  # distinct detector frames (keyframes mode: fewer)
         ("rows", pa.string()),  # JSON: rows written per table
         ("files", pa.string()),  # JSON: DataFile descriptions (on one row per chunk and batch)
         ("transitions", pa.string()),  # JSON: shot model -> [[time, probability, next time]]
@@ -211,7 +212,7 @@ class DecodeStage(Stage):
     def decode(self, row: dict[str, Any]) -> dict[str, Any]:
         from vidbatch.media.decode import decode_samples
 
-        out: dict[str, Any] = {**row, "frames_decoded": 0, "frames_used": 0}
+        out: dict[str, Any] = {**row, "frames_decoded": 0, "frames_used": 0, "frames_delivered": 0}
         segment = Segment(int(row["segment_index"]), float(row["start_s"]), float(row["end_s"]))
         last = int(row["segment_index"]) == int(row["segment_count"]) - 1
         duration = 0.0 if row["error"] else float(row["duration_s"])  # a failed unit has none
@@ -264,6 +265,7 @@ class DecodeStage(Stage):
             frames, shown = frames[first], at[first]
         put_array(out, "frames", frames, (1, 1, 3))
         out["frame_times"] = np.asarray(shown, np.float64)
+        out["frames_delivered"] = len(shown)
         if self.shot_spec is not None:
             shape = (self.shot_spec.height, self.shot_spec.width, 3)
             put_array(out, "shot_frames", sampled.shot_frames if sampled else None, shape)
@@ -368,6 +370,9 @@ class InferenceStage(Stage):
                 "error": pa.array(errors, pa.string()),
                 "frames_decoded": pa.array([int(u["frames_decoded"]) for u in units], pa.int64()),
                 "frames_used": pa.array([int(u["frames_used"]) for u in units], pa.int64()),
+                "frames_delivered": pa.array(
+                    [int(u.get("frames_delivered", 0)) for u in units], pa.int64()
+                ),
                 "transitions": pa.array(transitions, pa.string()),
                 **{name: pa.array(data, pa.large_binary()) for name, data in results.items()},
             }
