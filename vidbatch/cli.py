@@ -146,7 +146,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from vidbatch.tools.report import add_report_parser
-    from vidbatch.tools.search import add_search_parser, storage_options_arg
+    from vidbatch.tools.search import add_results_arguments, add_search_parser, add_storage_options
 
     parser = argparse.ArgumentParser(prog="vidbatch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vidbatch {_version()}")
@@ -174,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=168.0,
         help="keep files earlier versions need for this long (time travel); default 7 days",
     )
-    p.add_argument(
-        "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
-    )
+    add_storage_options(p)
     p.set_defaults(func=_cmd_compact)
 
     p = verbs.add_parser("synth", help="make a labeled synthetic archive")
@@ -200,33 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--truth", required=True, help="labels/boxes .parquet or .csv, or a synth archive folder"
     )
-    p.add_argument(
-        "--storage-options",
-        type=storage_options_arg,
-        metavar="JSON",
-        help="fsspec options for both URIs",
-    )
+    add_storage_options(p, "fsspec options for both URIs")
     p.set_defaults(func=_cmd_eval)
 
     p = verbs.add_parser("query", help="SQL (DuckDB) over the output tables")
     p.add_argument("output", help="the job's output.uri")
     p.add_argument("sql")
-    p.add_argument(
-        "--format",
-        choices=["table", "csv", "json", "parquet"],
-        default="table",
-        help="table (default) prints for reading; csv and json go to stdout without --out",
-    )
-    p.add_argument(
-        "--out", metavar="FILE|URI", help="file or URI (s3://...) to write; needed for parquet"
-    )
+    add_results_arguments(p)
     p.add_argument(
         "--as-of",
         metavar="VERSION|TIMESTAMP",
         help="read the index as it was: a videos-table version or a time (2026-11-30T08:00Z)",
-    )
-    p.add_argument(
-        "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
     )
     p.set_defaults(func=_cmd_query)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from vidbatch.tools.report_html import as_dict, hex_rgb, label_colour, render_page
-from vidbatch.tools.search import find_intervals, storage_options_arg
+from vidbatch.tools.search import add_storage_options, find_intervals
 
 if TYPE_CHECKING:  # NumPy, DuckDB, fsspec load when a report is built, not for `vidbatch --help`
     import numpy as np
@@ -368,8 +368,6 @@ def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--as-of", metavar="VERSION|TIMESTAMP", help="the index as it was (see vidbatch query)"
     )
-    p.add_argument(
-        "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
-    )
+    add_storage_options(p)
     p.set_defaults(func=_cmd_report)
     return p

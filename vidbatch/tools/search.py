@@ -192,6 +192,24 @@ def storage_options_arg(text: str) -> dict[str, Any]:
     return value
 
 
+def add_storage_options(parser: argparse.ArgumentParser, help: str = "fsspec options") -> None:
+    parser.add_argument("--storage-options", type=storage_options_arg, metavar="JSON", help=help)
+
+
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    """--format, --out and --storage-options, as `query` and `search` take them."""
+    parser.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "parquet"],
+        default="table",
+        help="table (default) prints for reading; csv and json go to stdout without --out",
+    )
+    parser.add_argument(
+        "--out", metavar="FILE|URI", help="file or URI (s3://...) to write; needed for parquet"
+    )
+    add_storage_options(parser)
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from vidbatch.tools.query import to_text
 
@@ -319,17 +337,6 @@ def add_search_parser(verbs: Any) -> argparse.ArgumentParser:
         help=f"merge rows at most this far apart (default {CLIP_GAP_S} s between clips, "
         f"{DETECTION_GAP_S} s between detection frames; use 1.5/fps for other frame rates)",
     )
-    p.add_argument(
-        "--format",
-        choices=["table", "csv", "json", "parquet"],
-        default="table",
-        help="table (default) prints for reading; csv and json go to stdout without --out",
-    )
-    p.add_argument(
-        "--out", metavar="FILE|URI", help="file or URI (s3://...) to write; needed for parquet"
-    )
-    p.add_argument(
-        "--storage-options", type=storage_options_arg, metavar="JSON", help="fsspec options"
-    )
+    add_results_arguments(p)
     p.set_defaults(func=_cmd_search)
     return p
