@@ -420,6 +420,13 @@ def end_to_end_part(
         f"  {len(files)} files, {video_s:g} s of video; model {DETECTOR} at {FRAMES.fps:g} "
         f"frame/s, {FRAMES.size} px; 2 CPUs"
     )
+    if decoded is None:  # what each variant delivers, from one pass of the decode alone
+        decoded = {}
+        for variant, fn in decode_variants().items():
+            if variant.startswith("vidbatch"):
+                decoded[variant] = Decoded()
+                for path in files:
+                    decoded[variant].add(fn(path)[0])
     run_job(manifest, "keyframes", None)  # warm-up, not timed: the first job pays one-off costs
 
     def job(mode: str, tolerance: float | None, variant: str) -> dict:
@@ -491,16 +498,24 @@ def end_to_end_part(
 
 
 def section(
-    root: Path, sc: Any, say: Callable[[str], None], record: Callable, end_to_end: bool = True
+    root: Path,
+    sc: Any,
+    say: Callable[[str], None],
+    record: Callable,
+    parts: tuple[str, ...] = ("probe", "decode", "e2e"),
 ) -> None:
     media_sets = archives(root, sc.seconds, sc.width, sc.height, sc.long_seconds)
     for name, files in media_sets.items():
         say("  " + describe_media(name, files))
+    rounds = 2 if sc.variants else 1
+    if parts == ("e2e",):
+        say("\n  -- end to end, GOP 2 s archive")
+        end_to_end_part(say, record, root, media_sets["GOP 2 s"], None, rounds)
+        return
     say("\n  -- probing one file (median of 7)")
     probe_part(say, record, media_sets, 7)
     say("\n  -- decoding in one process (no Ray, no sandbox)")
-    decoded = decode_part(say, record, media_sets, 2 if sc.variants else 1)
-    if end_to_end:
+    decoded = decode_part(say, record, media_sets, rounds)
+    if "e2e" in parts:
         say("\n  -- end to end, GOP 2 s archive")
-        rounds = 2 if sc.variants else 1
         end_to_end_part(say, record, root, media_sets["GOP 2 s"], decoded.get("GOP 2 s"), rounds)

@@ -4,6 +4,7 @@
     python jobs/benchmark.py --quick         # smoke run on small files (once media are cached)
     python jobs/benchmark.py --only decode --only memory
     python jobs/benchmark.py --only realistic  # issue 14: real-looking archive, side by side
+    python jobs/benchmark.py --only realistic-decode   # or -e2e: one half of it
 
 Media are generated with PyAV into --cache (default .bench-cache/, git-ignored by its own
 .gitignore). No figure is hard-coded: every ratio comes from numbers measured in this run.
@@ -478,7 +479,12 @@ def section_realistic(root: Path, sc: Scale) -> None:
 
 def section_realistic_decode(root: Path, sc: Scale) -> None:
     """The realistic section without its end-to-end (Ray) part."""
-    bench_realistic.section(root, sc, say, record, end_to_end=False)
+    bench_realistic.section(root, sc, say, record, parts=("probe", "decode"))
+
+
+def section_realistic_e2e(root: Path, sc: Scale) -> None:
+    """The realistic section's end-to-end (Ray) part alone."""
+    bench_realistic.section(root, sc, say, record, parts=("e2e",))
 
 
 SECTIONS: dict[str, Callable[[Path, Scale], None]] = {
@@ -490,6 +496,7 @@ SECTIONS: dict[str, Callable[[Path, Scale], None]] = {
     "inference": section_inference,
     "realistic": section_realistic,
     "realistic-decode": section_realistic_decode,
+    "realistic-e2e": section_realistic_e2e,
 }
 
 
