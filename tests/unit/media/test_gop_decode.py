@@ -245,3 +245,17 @@ def test_far_apart_samples_seek_and_land_before_a_leading_picture(videos, name):
     out = decode_samples(str(path), frame_spec=FrameSpec(1, 160), frame_times=wanted)
     assert [media.read_counter(f) for f in out.frames] == [media.shown_at(times, t) for t in wanted]
     assert out.frames_decoded <= 3 * 2 * 50  # at most the three GOPs (and one before each)
+
+
+def test_the_planning_probe_can_be_handed_in_and_modes_are_checked(videos):
+    path, times = videos["h264_gop2_open_b5.mkv"]
+    wanted = [0.5, 7.3, 19.96]
+    spec = FrameSpec(1, 160)
+    given = decode_samples(str(path), frame_spec=spec, frame_times=wanted, info=probe(str(path)))
+    found = decode_samples(str(path), frame_spec=spec, frame_times=wanted)
+    assert np.array_equal(given.frames, found.frames)
+    assert [media.read_counter(f) for f in given.frames] == [
+        media.shown_at(times, t) for t in wanted
+    ]
+    with pytest.raises(ValueError, match="mode"):
+        decode_samples(str(path), frame_spec=spec, frame_times=wanted, mode="fast")
