@@ -41,7 +41,7 @@ from tests.support.ray_cluster import (
 INFERENCE = "ray::MapWorker(MapBatches(InferenceStage))"  # + ".submit" etc. while it works
 BUSY_ACTOR = INFERENCE + ".submit"  # running a batch
 DECODE = "ray::MapWorker(MapBatches(DecodeStage)).submit"  # a decode actor running a batch
-VIDEOS, COMMIT_EVERY = 16, 2
+VIDEOS, COMMIT_EVERY = 24, 2  # long enough that the last fault lands mid-run
 CHUNKS = VIDEOS // COMMIT_EVERY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), *needs_ray_cli]
@@ -261,7 +261,15 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
         decoding = running(lambda node, pid, title: title == DECODE and bool(children_of(pid)))
         decoder = kill("a decode worker running a batch", decoding, 240)
 
-        # 2. A worker node while it runs a decode task: every process of it at once, as a lost
+        # 2. The inference actor while it infers a batch, once it has committed work.
+        def busy_actor():
+            if committed_chunks(output) < 1:
+                return None
+            return next((p for p in ray_processes(cluster) if p[3] == BUSY_ACTOR), None)
+
+        actor = kill("the inference actor running a batch", busy_actor, 180)
+
+        # 3. A worker node while it runs a decode task: every process of it at once, as a lost
         # machine (its raylet, workers, and object store with their decoded blocks).
         on_worker = running(lambda node, pid, title: node != "head" and title == DECODE)
         while True:
@@ -274,13 +282,6 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
         hosted = [t for t in hosted if t.startswith("ray::")]
         say(f"node {node}: SIGKILL {len(killed)} processes, hosting {hosted}")
 
-        # 3. The inference actor while it infers a batch, once it has committed work.
-        def busy_actor():
-            if committed_chunks(output) < 1:
-                return None
-            return next((p for p in ray_processes(cluster) if p[3] == BUSY_ACTOR), None)
-
-        actor = kill("the inference actor running a batch", busy_actor, 180)
         assert job.poll() is None, "the job ended before the last fault"
 
         cluster.wait_for("the lost node to be dead", lambda: cluster.alive_nodes() == 2, 90)
