@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -30,6 +32,20 @@ def build() -> tuple[nn.Module, dict]:
         "std": [0.25] * 3,
     }
     return Brightness(), meta
+
+
+class SlowBrightness(Brightness):
+    """Brightness taking a quarter second per forward pass: a fault test can catch the
+    inference worker at work whatever the machine's speed."""
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.25)
+        return super().forward(clips)
+
+
+def build_slow() -> tuple[nn.Module, dict]:
+    _, meta = build()
+    return SlowBrightness(), {**meta, "version": "slow-1"}
 
 
 def build_detector() -> tuple[nn.Module, dict]:
