@@ -148,7 +148,7 @@ def probe_parts(path: str, repeat: int) -> dict[str, float]:
 
     def header() -> None:
         with open_video(path, stage="probe") as (container, stream):
-            probing._info(container, stream, measure=False)
+            probing.video_info(container, stream, measure=False)
 
     return {
         "open (find_stream_info)": _median_ms(opened, repeat),

@@ -15,7 +15,7 @@ import numpy as np
 
 from vidbatch.errors import StageError, describe
 from vidbatch.media.packets import DROP, FEED, RESTART, PacketPlanner, Sample
-from vidbatch.media.probe import READ_BLOCK, VideoInfo, _info, open_video, probe
+from vidbatch.media.probe import READ_BLOCK, VideoInfo, open_video, probe, video_info
 from vidbatch.specs import ClipSpec, FrameSpec, ShotSpec
 
 __all__ = [  # probing is re-exported: callers import it from here
@@ -106,7 +106,7 @@ def decode_samples(
     requests.sort(key=lambda item: item[0])
 
     with open_video(uri, storage_options) as (container, stream):
-        info = info or _info(container, stream)
+        info = info or video_info(container, stream)
         collect = _Collector(stream, info, requests, frame_spec, shots, shot_range, out)
         tolerance = frame_spec.max_offset_s if frame_spec is not None else 0.0
         if mode != "all" and stream.time_base and container.format.name not in _UNTIMED:

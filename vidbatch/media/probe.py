@@ -77,10 +77,12 @@ def _main_video_stream(container: Any) -> Any:
 def probe(uri: str, storage_options: Mapping[str, Any] | None = None) -> VideoInfo:
     """Read duration, rate, size and codec from the container header (end checked on packets)."""
     with open_video(uri, storage_options, stage="probe") as (container, stream):
-        return _info(container, stream, measure=True, rewind=False)
+        return video_info(container, stream, measure=True, rewind=False)
 
 
-def _info(container: Any, stream: Any, *, measure: bool = False, rewind: bool = True) -> VideoInfo:
+def video_info(
+    container: Any, stream: Any, *, measure: bool = False, rewind: bool = True
+) -> VideoInfo:
     """`measure` checks the header's end against the last packets; without it, only headers
     without a per-stream duration (Matroska, WebM, FLV ...) are checked. `rewind`: go back to
     the start after that check (decoding goes on from there; probing does not)."""
