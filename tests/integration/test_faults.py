@@ -262,27 +262,27 @@ def test_job_survives_killed_decode_worker_lost_node_and_killed_actor(
         decoding = running(lambda node, pid, title: title == DECODE and bool(children_of(pid)))
         decoder = kill("a decode worker running a batch", decoding, 240)
 
-        # 2. The inference actor while it infers a batch, once it has committed work.
+        # 2. A worker node while it decodes or infers: every process of it at once, as a lost
+        # machine (its raylet, workers, and object store with their decoded blocks).
+        working = (DECODE, BUSY_ACTOR)
+        on_worker = running(lambda node, pid, title: node != "head" and title in working)
+        while True:
+            node, pid, started, _ = wait("a busy worker on a worker node", on_worker, job, 120)
+            lost = Fault(f"node {node}", 0, "", node, node, committed_chunks(output))
+            hosted = [t for n, _, _, t in ray_processes(cluster) if n == node]
+            if alive(pid, started) and cmdline(pid) in working:  # still at it
+                killed = cluster.kill_node(node)
+                break
+        hosted = [t for t in hosted if t.startswith("ray::")]
+        say(f"node {node}: SIGKILL {len(killed)} processes, hosting {hosted}")
+
+        # 3. The inference actor while it infers a batch, once it has committed work.
         def busy_actor():
             if committed_chunks(output) < 1:
                 return None
             return next((p for p in ray_processes(cluster) if p[3] == BUSY_ACTOR), None)
 
         actor = kill("the inference actor running a batch", busy_actor, 180)
-
-        # 3. A worker node while it runs a decode task: every process of it at once, as a lost
-        # machine (its raylet, workers, and object store with their decoded blocks).
-        on_worker = running(lambda node, pid, title: node != "head" and title == DECODE)
-        while True:
-            node, pid, started, _ = wait("a decode task on a worker node", on_worker, job, 120)
-            lost = Fault(f"node {node}", 0, "", node, node, committed_chunks(output))
-            hosted = [t for n, _, _, t in ray_processes(cluster) if n == node]
-            if alive(pid, started) and cmdline(pid) == DECODE:  # still at it
-                killed = cluster.kill_node(node)
-                break
-        hosted = [t for t in hosted if t.startswith("ray::")]
-        say(f"node {node}: SIGKILL {len(killed)} processes, hosting {hosted}")
-
         assert job.poll() is None, "the job ended before the last fault"
 
         cluster.wait_for("the lost node to be dead", lambda: cluster.alive_nodes() == 2, 90)
