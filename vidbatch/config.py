@@ -26,7 +26,7 @@ class Sampling:
     segment_seconds: float = 120.0
     clips: ClipSpec = ClipSpec()
     frames: FrameSpec = FrameSpec()
-    decode_mode: str = "seek"  # seek | all | keyframes (see vidbatch.media.decode._frames_at)
+    decode_mode: str = "seek"  # seek | all | keyframes (see vidbatch.media.decode.decode_samples)
 
 
 @dataclass(frozen=True)

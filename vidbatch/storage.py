@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from fsspec.core import url_to_fs
-
 from vidbatch.errors import describe
 
 _SECRET_KEY = re.compile(
@@ -87,6 +85,8 @@ class StorageError(OSError):
 
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None):
     """(filesystem, path) for a URI; local paths become absolute."""
+    from fsspec.core import url_to_fs  # here: a decode child that reads local files never needs it
+
     if "://" not in uri:
         uri = os.path.abspath(uri)
     return url_to_fs(uri, **with_retry_defaults(uri, storage_options))

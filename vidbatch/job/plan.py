@@ -88,10 +88,12 @@ def check_limits(
     limits: Limits,
     segment_seconds: float,
     clips: Sequence[ClipSpec] = (),
+    packets_end_s: float | None = None,
 ) -> None:
     """StageError("probe", ...) naming the limit when a video's header asks for more work than
     any real video needs: a crafted 2 KB file claiming days of video is one failed row, not a
-    driver out of memory."""
+    driver out of memory. The header's duration is checked against the file's size and
+    against where its packets end (`packets_end_s`, from probing)."""
     hours = duration_s / 3600
     if hours > limits.max_video_hours:
         raise StageError(
@@ -106,7 +108,15 @@ def check_limits(
                 f"header claims {duration_s:.0f} s for {size_bytes} bytes ({bps:.2f} bit/s, "
                 f"under limits.min_bitrate_bps={limits.min_bitrate_bps:g}): implausible duration",
             )
-    count = math.ceil(duration_s / segment_length(segment_seconds, clips) - _EPS)
+    length = segment_length(segment_seconds, clips)
+    if packets_end_s is not None and duration_s - packets_end_s > length:
+        # Whole work units past the last packet: decoding would only find them missing.
+        raise StageError(
+            "probe",
+            f"stream ends at {packets_end_s:.2f}s but the container says {duration_s:.2f}s: "
+            "truncated or corrupt",
+        )
+    count = math.ceil(duration_s / length - _EPS)
     if count > limits.max_segments_per_video:
         raise StageError(
             "probe",

@@ -52,6 +52,7 @@ UNIT = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("codec", pa.string()),
+        ("stream_start_s", pa.float64()),  # the first frame's time in the container
         ("error", pa.string()),  # "" when fine: a string column in every block
     ]
 )
@@ -132,6 +133,7 @@ class ProbeStage(Stage):
                     self.limits,
                     self.segment_seconds,
                     self.clip_specs,
+                    info.packets_end_s,
                 )
             except StageError as exc:
                 units.append(_failed_unit(base, str(exc)))
@@ -146,6 +148,7 @@ class ProbeStage(Stage):
                 "width": info.width,
                 "height": info.height,
                 "codec": info.codec,
+                "stream_start_s": info.start_s,
                 "error": "",
             }
             units.extend(
@@ -245,6 +248,7 @@ class DecodeStage(Stage):
                     shot_range=shot_range,
                     storage_options=self.storage_options,
                     mode=self.mode,
+                    info=_probed(row, duration),
                 )
             except StageError as exc:
                 out["error"] = str(exc)
@@ -273,6 +277,19 @@ class DecodeStage(Stage):
                 sampled.shot_times if sampled and sampled.shot_times is not None else [], np.float64
             )
         return out
+
+
+def _probed(row: Mapping[str, Any], duration: float) -> Any:
+    """The probe's VideoInfo carried in a unit's row (the decode need not read the header
+    again); None when the row lacks it."""
+    from vidbatch.media.decode import VideoInfo
+
+    fields = ("fps", "width", "height", "codec", "stream_start_s")
+    values = [row.get(name) for name in fields]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return None
+    fps, width, height, codec, start = values
+    return VideoInfo(duration, float(fps), int(width), int(height), str(codec), float(start))
 
 
 def put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_tail: tuple) -> None:

@@ -25,6 +25,9 @@ class VideoInfo:
     height: int
     codec: str
     start_s: float = 0.0
+    # Where the video's packets end, when that is well before `duration_s` (truncated, or a
+    # header that lies): planning does not cut work units out of what is not there.
+    packets_end_s: float | None = None
 
 
 # Ranged reads of this size on object stores: a segment reads about its own share of the file
@@ -104,8 +107,9 @@ def video_info(
     ctx = stream.codec_context
     if duration <= 0 and stream.frames and fps:
         duration = stream.frames / fps
+    packets_end = None
     if tb and (measure or not stream.duration):
-        duration = _checked_duration(container, stream, start_s, duration, fps, rewind)
+        duration, packets_end = _checked_duration(container, stream, start_s, duration, fps, rewind)
     if duration <= 0:
         raise StageError("probe", "video stream has no duration (no frames or broken index)")
     if not ctx.width or not ctx.height:
@@ -117,6 +121,7 @@ def video_info(
         height=ctx.height,
         codec=ctx.name,
         start_s=start_s,
+        packets_end_s=packets_end,
     )
 
 
@@ -126,20 +131,21 @@ def _container_start(container: Any) -> float:
 
 def _checked_duration(
     container: Any, stream: Any, start_s: float, header: float, fps: float, rewind: bool
-) -> float:
+) -> tuple[float, float | None]:
     """The video's duration from where its packets end, when the header is not to be trusted.
 
     Headers disagree on what "duration" means: Matroska/WebM and FLV store the end time (so a
     stream starting at 5 s looked 5 s longer, and the tail was padded with the last frame), the
     MP4 muxer counts B-frame VFR tracks short (the tail was never indexed), and live WebM has
     none. The packets after the last keyframe settle it. A file whose packets (of every stream)
-    end well before the header says is truncated: the header is kept so decoding reports it.
+    end well before the header says is truncated: the header is kept so decoding reports it,
+    and where the packets end comes back with it (else None).
     """
     tol = 0.02 + (1.5 / fps if fps else 0.0)
     header_end = start_s + header if header > 0 else None
     video_end, any_end = _packet_ends(container, stream, header_end, fps, rewind)
     if video_end is None:
-        return header
+        return header, None
     measured = video_end - start_s
     absolute_end = container.duration / av.time_base if container.duration else None
     if (
@@ -148,8 +154,8 @@ def _checked_duration(
         or (any_end is not None and any_end >= header_end - tol)  # audio runs on past the video
         or (absolute_end is not None and abs(video_end - absolute_end) <= tol)  # end-time header
     ):
-        return measured
-    return header
+        return measured, None
+    return header, measured
 
 
 def _packet_ends(
