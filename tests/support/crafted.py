@@ -52,3 +52,23 @@ def with_stts_delta(source: Path, target: Path, delta: int = 0x7FFFFFFF) -> Path
     struct.pack_into(">II", data, at + 12, count, delta)
     target.write_bytes(bytes(data))
     return target
+
+
+def cut_short(path: Path, seconds: int = 60, keep: float = 0.15, fps: int = 10) -> Path:
+    """A faststart MP4 (index first) of `seconds`, cut after `keep` of its bytes: the header
+    still claims the whole duration, the packets stop early."""
+    full = path.with_name(f"full-{path.name}")
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        noise = np.random.default_rng(0)
+        for _ in range(seconds * fps):
+            picture = noise.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    full.unlink()
+    return path

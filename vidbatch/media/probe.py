@@ -145,7 +145,12 @@ def _checked_duration(
     header_end = start_s + header if header > 0 else None
     video_end, any_end = _packet_ends(container, stream, header_end, fps, rewind)
     if video_end is None:
-        return header, None
+        if header_end is None:
+            return header, None
+        # No packet near the end at all (an index pointing past the end of a cut file): find
+        # roughly where the packets stop, for planning; decoding still reports the truncation.
+        last = _last_packet_time(container, stream, start_s, header_end, rewind)
+        return header, (last - start_s if last is not None else None)
     measured = video_end - start_s
     absolute_end = container.duration / av.time_base if container.duration else None
     if (
@@ -209,3 +214,38 @@ def _ends_from(
 # Packets read before the header's end to find where the video ends: more than any decoder's
 # reorder window (the latest-shown packet is among the last few decoded).
 _TAIL_S = 1.0
+
+
+def _last_packet_time(
+    container: Any, stream: Any, start_s: float, end_s: float, rewind: bool
+) -> float | None:
+    """About where the video's packets stop (to a second), by bisection: a few seeks, each
+    reading a packet or two. None when even the start has none."""
+    tb = stream.time_base
+
+    def has_packet_after(t: float) -> float | None:
+        try:
+            container.seek(int(t / tb), stream=stream, backward=True, any_frame=True)
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    at = float(packet.pts * tb)
+                    return at if at >= t - _TAIL_S else None
+        except (av.FFmpegError, OSError, EOFError):
+            return None
+        return None
+
+    low, high = start_s, end_s
+    if has_packet_after(low) is None:
+        return None
+    try:
+        while high - low > _TAIL_S:
+            middle = (low + high) / 2
+            found = has_packet_after(middle)
+            low, high = (max(middle, found), high) if found is not None else (low, middle)
+    finally:
+        if rewind:
+            try:
+                container.seek(stream.start_time or 0, stream=stream, backward=True)
+            except (av.FFmpegError, OSError, EOFError):
+                pass
+    return low

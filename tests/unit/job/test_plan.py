@@ -167,3 +167,25 @@ def test_keyframes_mode_refuses_a_classifier_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError, match="keyframes only suits detectors"):
         plan_run(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_work_units_past_the_last_packet_are_not_planned(tmp_path):
+    short = crafted.cut_short(tmp_path / "short.mp4")  # says 60 s, packets stop near 9 s
+    stage = ProbeStage(timeout_s=0, segment_seconds=10.0)
+    stage.setup()
+    videos = pa.table(
+        {
+            "video_id": ["v"],
+            "uri": [str(short)],
+            "source": [str(short)],
+            "size_bytes": [short.stat().st_size],
+            "error": [None],
+            "chunk": [0],
+        }
+    )
+    (unit,) = stage.process(videos).to_pylist()
+    stage.teardown()
+    assert unit["error"].startswith("probe: stream ends at ")
+    assert unit["error"].endswith("but the container says 60.00s: truncated or corrupt")
+    end = float(unit["error"].split("stream ends at ")[1].split("s ")[0])
+    assert 3 < end < 20
