@@ -22,9 +22,19 @@ class Location:
 
 
 @dataclass(frozen=True)
+class ClipSampling(ClipSpec):
+    """How clips are laid out. `align: grid` tiles each video with clips back to back (each
+    classifier's own clip spec); `align: shots` classifies each shot instead: one clip per
+    shot (per piece of a shot, where a shot crosses a work-unit border), its frames spread
+    evenly over the shot. frames/fps/size are the spec for models that bring none."""
+
+    align: str = "grid"  # grid | shots
+
+
+@dataclass(frozen=True)
 class Sampling:
     segment_seconds: float = 120.0
-    clips: ClipSpec = ClipSpec()
+    clips: ClipSampling = ClipSampling()
     frames: FrameSpec = FrameSpec()
     decode_mode: str = "seek"  # seek | all | keyframes (see vidbatch.media.decode.decode_samples)
 
@@ -93,6 +103,8 @@ class JobConfig:
         clips, frames = self.sampling.clips, self.sampling.frames
         if clips.frames < 1 or clips.fps <= 0 or clips.size < 8:
             raise ConfigError("sampling.clips: frames >= 1, fps > 0 and size >= 8 required")
+        if clips.align not in ("grid", "shots"):
+            raise ConfigError(f"sampling.clips.align: expected grid or shots, got {clips.align!r}")
         if frames.fps <= 0 or frames.size < 16:
             raise ConfigError("sampling.frames: fps > 0 and size >= 16 required")
         for i, model in enumerate(self.models):

@@ -142,6 +142,8 @@ def row_config(config: JobConfig, models: Sequence[Any]) -> dict[str, Any]:
             entry.update(top_k=model_config.top_k, clip=[clip.frames, clip.fps, clip.size])
             if clip.resize:
                 entry["resize"] = list(clip.resize)
+            if sampling.clips.align == "shots":
+                entry["align"] = "shots"
         elif model.task == "detect":
             frames = sampling.frames
             entry.update(

@@ -35,6 +35,7 @@ from vidbatch.job.stages import (
     InferenceStage,
     ProbeStage,
     WriteStage,
+    shots_of,
 )
 from vidbatch.specs import ClipSpec, FrameSpec, ShotSpec
 from vidbatch.storage import redact, scrub
@@ -157,6 +158,10 @@ def plan_run(
     if config.sampling.decode_mode == "keyframes" and any(m.task == "classify" for m in models):
         raise ConfigError(
             "sampling.decode_mode: keyframes only suits detectors; clip classifiers need every frame"
+        )
+    if config.sampling.clips.align == "shots" and not any(m.task == "shots" for m in models):
+        raise ConfigError(
+            "sampling.clips.align: shots needs a shot model in models (e.g. {name: transnetv2})"
         )
     row_config = planning.row_config(config, models)
     key = planning.config_key(config, models)
@@ -300,8 +305,6 @@ def shots_rows(
 ) -> pa.Table:
     """The chunk's `shots` rows, per video and shot model, from the transitions its work units
     found (a few per minute of video): shots need the whole video, so they are cut here."""
-    from vidbatch.models import shots_from_probabilities
-
     models = {m.name: m for m in plan.models if m.task == "shots"}
     rows = []
     for video in chunk.to_pylist():
@@ -310,11 +313,8 @@ def shots_rows(
             continue
         duration = float(state.info.get("duration_s") or 0.0)
         for name, model in models.items():
-            times, probs = _transition_frames(state.transitions.get(name, []), duration)
             config = next(c for c in plan.config.models if c.name == name)
-            for shot in shots_from_probabilities(
-                times, probs, duration_s=duration, threshold=config.threshold
-            ):
+            for shot in shots_of(state.transitions.get(name, []), duration, config.threshold):
                 rows.append(
                     {
                         "video_id": video["video_id"],
@@ -326,20 +326,6 @@ def shots_rows(
                     }
                 )
     return pa.Table.from_pylist(rows, schema=tables.SHOTS)
-
-
-def _transition_frames(cuts: list[list[float]], duration: float) -> tuple[list[float], list[float]]:
-    """Frame times and probabilities for shots_from_probabilities from the frames over the
-    threshold: each such frame's next frame is put in at probability 0 unless it is over the
-    threshold too, so runs of consecutive frames stay runs and separate ones stay apart."""
-    over = {round(t, 6): (t, p, n) for t, p, n in cuts}
-    points = {0.0: 0.0}
-    for t, p, n in over.values():
-        points[t] = p
-        if round(n, 6) not in over and n < duration:
-            points.setdefault(n, 0.0)
-    times = sorted(points)
-    return times, [points[t] for t in times]
 
 
 def run_job(
@@ -551,11 +537,13 @@ def _results(
         config.sampling.frames if any(m.task == "detect" for m in plan.models) else None
     )
     shot_spec, context_frames = plan.shot_spec
+    align_shots = config.sampling.clips.align == "shots"
     decode = DecodeStage(
         clip_specs=plan.clip_specs,
         frame_spec=frame_spec,
         shot_spec=shot_spec,
         shot_context_frames=context_frames,
+        align_shots=align_shots,
         storage_options=dict(config.source.storage_options),
         mode=config.sampling.decode_mode,
         timeout_s=config.resources.decode_timeout_s,
@@ -564,6 +552,7 @@ def _results(
         models=config.models,
         clip_specs=plan.clip_specs,
         run_id=plan.run_id,
+        align_shots=align_shots,
         model_batch_size=sizing.model_batch_size,
     )
     if sizing.fused:

@@ -195,6 +195,7 @@ class DecodeStage(Stage):
     frame_spec: FrameSpec | None = None
     shot_spec: ShotSpec | None = None
     shot_context_frames: int = 0  # frames of context a shot model needs each side of a range
+    align_shots: bool = False  # clips along shots: every frame at each clip size, no grid
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     mode: str = "seek"
     timeout_s: float = 0.0
@@ -220,7 +221,9 @@ class DecodeStage(Stage):
         last = int(row["segment_index"]) == int(row["segment_count"]) - 1
         duration = 0.0 if row["error"] else float(row["duration_s"])  # a failed unit has none
         starts = {
-            spec: in_segment(clip_starts(duration, spec), segment, last) if duration else []
+            spec: in_segment(clip_starts(duration, spec), segment, last)
+            if duration and not self.align_shots
+            else []
             for spec in self.clip_specs
         }
         times = (
@@ -246,6 +249,7 @@ class DecodeStage(Stage):
                     frame_times=times,
                     shots=self.shot_spec,
                     shot_range=shot_range,
+                    every_clip=self.clip_specs if self.align_shots else (),
                     storage_options=self.storage_options,
                     mode=self.mode,
                     info=_probed(row, duration),
@@ -276,6 +280,9 @@ class DecodeStage(Stage):
             out["shot_times"] = np.asarray(
                 sampled.shot_times if sampled and sampled.shot_times is not None else [], np.float64
             )
+            for i, spec in enumerate(self.clip_specs if self.align_shots else ()):
+                every = sampled.shot_clip_frames.get(spec) if sampled else None
+                put_array(out, f"shot_clips_{i}", every, (spec.size, spec.size, 3))
         return out
 
 
@@ -290,6 +297,24 @@ def _probed(row: Mapping[str, Any], duration: float) -> Any:
         return None
     fps, width, height, codec, start = values
     return VideoInfo(duration, float(fps), int(width), int(height), str(codec), float(start))
+
+
+def shots_of(cuts: Sequence[Sequence[float]], duration: float, threshold: float) -> list[Any]:
+    """A video's shots (vidbatch.models.shots_from_probabilities) from the frames over the
+    threshold alone, as work units report them ([time, probability, next frame's time]):
+    each such frame's next frame goes in at probability 0 unless it is over the threshold
+    too, so runs of consecutive frames stay runs and separate ones stay apart."""
+    from vidbatch.models import shots_from_probabilities
+
+    over = {round(t, 6): (t, p, n) for t, p, n in cuts}
+    points = {0.0: 0.0}
+    for t, p, n in over.values():
+        points[t] = p
+        if round(n, 6) not in over and n < duration:
+            points.setdefault(n, 0.0)
+    times = sorted(points)
+    probs = [points[t] for t in times]
+    return shots_from_probabilities(times, probs, duration_s=duration, threshold=threshold)
 
 
 def put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_tail: tuple) -> None:
@@ -339,6 +364,7 @@ class InferenceStage(Stage):
     models: Sequence[ModelConfig] = ()
     clip_specs: tuple[ClipSpec, ...] = ()
     run_id: str = ""
+    align_shots: bool = False  # one clip per shot (per piece in this unit) instead of the grid
     model_batch_size: int | None = None  # inputs per forward pass; None: the model's default
     device: str | None = None
     batch_size: int | None = 4
@@ -367,9 +393,11 @@ class InferenceStage(Stage):
             cuts: dict[str, list[list[float]]] = {}
             if not error:
                 try:
-                    found["clips"] = self.classify(unit)
-                    found["detections"] = self.detect(unit)
                     cuts = self.transitions(unit)
+                    found["clips"] = (
+                        self.classify_shots(unit, cuts) if self.align_shots else self.classify(unit)
+                    )
+                    found["detections"] = self.detect(unit)
                 except Exception as exc:  # a model failing on one input fails that video only
                     error = f"inference: {describe(exc)}"
             errors.append(error)
@@ -430,6 +458,39 @@ class InferenceStage(Stage):
         ]
         return pa.concat_tables(parts) if parts else tables.empty("detections")
 
+    def classify_shots(
+        self, unit: Mapping[str, Any], cuts: Mapping[str, list[list[float]]]
+    ) -> pa.Table:
+        """One clip per shot inside this unit's own range (a shot crossing a unit border is
+        classified per piece), its frames spread evenly over the piece; the shots are the
+        first shot model's, cut by the same rule as the `shots` table."""
+        times = np.asarray(unit["shot_times"], np.float64)
+        duration = float(unit["duration_s"])
+        last = int(unit["segment_index"]) == int(unit["segment_count"]) - 1
+        start, end = float(unit["start_s"]), duration if last else float(unit["end_s"])
+        (config, _), *_ = self._models("shots")
+        shots = shots_of(cuts.get(config.name, []), duration, config.threshold)
+        pieces = [(max(s.start_s, start), min(s.end_s, end)) for s in shots]
+        pieces = [(a, b) for a, b in pieces if b > a] or [(start, end)]
+        parts = []
+        for model_config, model in self._models("classify"):
+            index = self.clip_specs.index(model.clip)
+            every = get_array(unit, f"shot_clips_{index}")
+            chosen, bounds = [], []
+            for a, b in pieces:
+                inside = np.flatnonzero((times >= a - 1e-9) & (times < b - 1e-9))
+                if len(inside):
+                    pick = inside[
+                        np.linspace(0, len(inside) - 1, model.clip.frames).round().astype(int)
+                    ]
+                    chosen.append(every[pick])
+                    bounds.append((a, b))
+            if chosen:
+                probs = model.predict(np.stack(chosen))
+                starts, ends = (np.asarray(x, np.float64) for x in zip(*bounds, strict=True))
+                parts.append(self._clip_rows(unit, model, model_config.top_k, starts, probs, ends))
+        return pa.concat_tables(parts) if parts else tables.empty("clips")
+
     def transitions(self, unit: Mapping[str, Any]) -> dict[str, list[list[float]]]:
         """Per shot model, the frames of this unit's own range whose transition probability
         passes the model's threshold, as [time, probability, next frame's time]: all the driver
@@ -455,7 +516,13 @@ class InferenceStage(Stage):
         return found
 
     def _clip_rows(
-        self, unit: Mapping[str, Any], model: Any, top_k: int, starts: np.ndarray, probs: np.ndarray
+        self,
+        unit: Mapping[str, Any],
+        model: Any,
+        top_k: int,
+        starts: np.ndarray,
+        probs: np.ndarray,
+        ends: np.ndarray | None = None,
     ) -> pa.Table:
         k = min(top_k, probs.shape[1])
         order = np.argsort(-probs, axis=1)[:, :k]
@@ -468,7 +535,9 @@ class InferenceStage(Stage):
                 "video_id": [str(unit["video_id"])] * n,
                 "uri": [str(unit["uri"])] * n,
                 "clip_start_s": starts,
-                "clip_end_s": np.minimum(starts + model.clip.seconds, duration),
+                "clip_end_s": ends
+                if ends is not None
+                else np.minimum(starts + model.clip.seconds, duration),
                 "model": [model.name] * n,
                 "model_version": [model.version] * n,
                 "label": labels[:, 0].tolist(),

@@ -48,6 +48,8 @@ class SampledFrames:
     frames_used: int = 0  # distinct pictures converted for the models
     shot_frames: np.ndarray | None = None  # (N, H, W, 3) uint8: every frame in the shot range
     shot_times: np.ndarray | None = None  # (N,) when each of `shot_frames` is shown
+    # The same frames at each clip spec's size (`every_clip`): clips cut along shots.
+    shot_clip_frames: dict[ClipSpec, np.ndarray] = field(default_factory=dict)
 
     @property
     def frames_delivered(self) -> int:
@@ -69,6 +71,7 @@ def decode_samples(
     frame_times: Sequence[float] = (),
     shots: ShotSpec | None = None,
     shot_range: tuple[float, float] | None = None,
+    every_clip: Sequence[ClipSpec] = (),
     storage_options: Mapping[str, Any] | None = None,
     mode: str = "seek",
     info: VideoInfo | None = None,
@@ -78,7 +81,8 @@ def decode_samples(
 
     `clips` maps each clip spec to its clip start times (seconds from the video start).
     `shots` asks for every frame shown in `shot_range` = [start, end) seconds (the whole video
-    when None), at shots.width x shots.height, with when each is shown.
+    when None), at shots.width x shots.height, with when each is shown; `every_clip` for the
+    same frames at each clip spec's size too (to classify along shots).
     `mode` is one of DECODE_MODES:
     - "seek" (default): exact frames; within each GOP only up to its last sample is decoded,
       frames between samples only as far as later ones reference them, and GOPs without
@@ -108,7 +112,9 @@ def decode_samples(
 
     with open_video(uri, storage_options) as (container, stream):
         info = info or video_info(container, stream)
-        collect = _Collector(stream, info, requests, frame_spec, shots, shot_range, out)
+        collect = _Collector(
+            stream, info, requests, frame_spec, shots, shot_range, out, tuple(every_clip)
+        )
         tolerance = frame_spec.max_offset_s if frame_spec is not None else 0.0
         if mode != "all" and stream.time_base and container.format.name not in _UNTIMED:
             try:
@@ -129,6 +135,7 @@ def decode_samples(
         out.frames, out.frame_times = collect.buffers[frame_spec], collect.frame_shown
     if shots is not None:
         out.shot_frames, out.shot_times = collect.shot_arrays()
+        out.shot_clip_frames = collect.every_clip_arrays()
     return out
 
 
@@ -150,8 +157,10 @@ class _Collector:
         shots: ShotSpec | None,
         shot_range: tuple[float, float] | None,
         out: SampledFrames,
+        every_clip: tuple[ClipSpec, ...] = (),
     ) -> None:
         self.stream, self.info, self.requests, self.out = stream, info, requests, out
+        self.every_clip = every_clip
         self.time_base = stream.time_base
         self.start_tick = stream.start_time if stream.start_time is not None else 0
         self.frame_spec, self.shots, self.shot_range = frame_spec, shots, shot_range
@@ -164,7 +173,7 @@ class _Collector:
         self.buffers: dict[Any, np.ndarray] = {}
         self.frame_shown = np.zeros(self.counts.get(self.frame_spec, 0))
         self.done = [False] * len(self.requests)
-        self.shot_list: list[tuple[float, np.ndarray]] = []
+        self.shot_list: list[tuple[float, np.ndarray, tuple[np.ndarray, ...]]] = []
         self.shot_pts: set[int] = set()
         self.used: set[int] = set()
         self.last_shown = -math.inf  # the latest frame's time (for error messages)
@@ -211,7 +220,8 @@ class _Collector:
         lo, hi = self.shot_range
         if lo - _EPS <= t < hi - _EPS:
             self.shot_pts.add(frame.pts)
-            self.shot_list.append((t, self._converted(frame, self.shots)))
+            at_clip_sizes = tuple(self._converted(frame, spec) for spec in self.every_clip)
+            self.shot_list.append((t, self._converted(frame, self.shots), at_clip_sizes))
 
     def _converted(self, frame: Any, key: Any) -> np.ndarray:
         pts = frame.pts if frame.pts is not None else id(frame)
@@ -228,10 +238,21 @@ class _Collector:
 
     def shot_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         self.shot_list.sort(key=lambda item: item[0])
-        times = np.asarray([t for t, _ in self.shot_list], np.float64)
+        times = np.asarray([t for t, _, _ in self.shot_list], np.float64)
         if not self.shot_list:
             return np.empty((0, self.shots.height, self.shots.width, 3), np.uint8), times
-        return np.stack([a for _, a in self.shot_list]), times
+        return np.stack([a for _, a, _ in self.shot_list]), times
+
+    def every_clip_arrays(self) -> dict[ClipSpec, np.ndarray]:
+        """The shot frames at each `every_clip` size, in time order (after shot_arrays)."""
+        return {
+            spec: (
+                np.stack([sizes[i] for _, _, sizes in self.shot_list])
+                if self.shot_list
+                else np.empty((0, spec.size, spec.size, 3), np.uint8)
+            )
+            for i, spec in enumerate(self.every_clip)
+        }
 
     def finish(self) -> None:
         """Check that every request got a frame and the stream did not end early."""
