@@ -13,7 +13,8 @@ the real work, but costs next to nothing itself, so the job's overhead is not lo
 motion-cnn` runs the shipped model instead.
 
 Per run: wall time; the CPU time of the driver and every process under it (Ray's GCS, raylet,
-workers, decode sandboxes); the driver's own peak RSS (VmHWM of the driver process alone, and
+workers, decode sandboxes; the driver is their subreaper and reaps them all after
+`ray.shutdown()`, so processes Ray kills are counted too); the driver's own peak RSS (VmHWM of the driver process alone, and
 the peak of its private part, RssAnon, sampled every 0.1 s: VmHWM also counts object-store pages
 the driver maps); the time from the start of `vidbatch.run` until
 `videos/_delta_log/00000000000000000001.json` exists (the first chunk's commit; version 0 is the
@@ -140,32 +141,43 @@ def _status_kb(field_name: str) -> int:
     return 0
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system, with reaped children) of `root` and its live descendants."""
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def become_subreaper() -> None:
+    """Orphans of this process tree (a decode sandbox whose worker Ray killed) are re-parented
+    here instead of to init, so their CPU time is collected when they are reaped."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_all(timeout_s: float = 60.0) -> None:
+    """Wait for every process left in the tree (after ray.shutdown()) and reap it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        ppid = int(fields[1])
-        cpu = sum(int(v) for v in fields[11:15]) / TICKS  # utime stime cutime cstime
-        stats[int(entry.name)] = (ppid, cpu)
-    total, frontier = 0.0, [root]
-    while frontier:
-        pid = frontier.pop()
-        total += stats.get(pid, (0, 0.0))[1]
-        frontier += [p for p, (ppid, _) in stats.items() if ppid == pid]
-    return total
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.1)
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and every descendant it reaped."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def job_child(spec: dict[str, Any]) -> None:
     """A fresh driver process: the real job, timed; its own peak RSS; the tree's CPU time."""
+    import ray.data
+
     import vidbatch
 
+    become_subreaper()
+    if spec.get("no_reservation"):  # an experiment: Ray Data's resource reservation off
+        ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     peak_anon = [0]
     done = threading.Event()
 
@@ -181,9 +193,13 @@ def job_child(spec: dict[str, Any]) -> None:
     timeline["t0"] = began
     summary = vidbatch.run(spec["config"])
     wall = time.perf_counter() - began
-    cpu = tree_cpu_s(os.getpid())
     done.set()
     sampler.join()
+    driver_peak_kb = _status_kb("VmHWM")
+    anon_peak_kb = max(peak_anon[0], _status_kb("RssAnon"))
+    ray.shutdown()
+    reap_all()
+    cpu = tree_cpu_s()
     results, commits = timeline["results"], timeline["commits"]
     print(
         json.dumps(
@@ -196,8 +212,8 @@ def job_child(spec: dict[str, Any]) -> None:
                 "commits": len(commits),
                 "commit_driver_s": sum(commits),
                 "add_driver_s": timeline["add_s"],
-                "driver_peak_kb": _status_kb("VmHWM"),
-                "driver_anon_peak_kb": max(peak_anon[0], _status_kb("RssAnon")),
+                "driver_peak_kb": driver_peak_kb,
+                "driver_anon_peak_kb": anon_peak_kb,
                 "ok": summary.ok,
                 "failed": summary.failed,
                 "clips": summary.clips,
@@ -467,10 +483,15 @@ def run_job(
     options: dict[str, Any],
     exists: Any,
     model: str,
+    no_reservation: bool = False,
 ) -> dict[str, Any]:
     started_file = workdir / f"started-{tag}"
     config = job_config(source, output, options, model)
-    spec = {"config": config, "started_file": str(started_file)}
+    spec = {
+        "config": config,
+        "started_file": str(started_file),
+        "no_reservation": no_reservation,
+    }
     result, committed_at = child("job", spec, watch=exists)
     started = float(started_file.read_text())
     result["first_commit_s"] = committed_at - started if committed_at else float("nan")
@@ -496,6 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--s3-size", type=int, default=1000, help="0: no moto S3 run")
     parser.add_argument("--bare-videos", type=int, default=400)
     parser.add_argument("--model", default=MODEL, help=f"default {MODEL}; e.g. motion-cnn")
+    parser.add_argument(
+        "--no-reservation-size",
+        type=int,
+        default=4000,
+        help="also run this size with Ray Data's op resource reservation off (0: skip)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     for mode in ("job", "bare", "sandbox", "raydata"):
@@ -540,16 +567,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     runs: dict[int, dict[str, Any]] = {}
-    for n in sizes:
-        output = workdir / f"index-{n}"
+    experiment = args.no_reservation_size if args.no_reservation_size in sizes else 0
+    plan = [(n, False) for n in sizes] + ([(experiment, True)] if experiment else [])
+    unreserved = None
+    for n, no_reservation in plan:
+        tag = f"{n}-no-reservation" if no_reservation else f"{n}"
+        output = workdir / f"index-{tag}"
         shutil.rmtree(output, ignore_errors=True)
         marker = output / FIRST_COMMIT
-        runs[n] = run_job(
-            workdir, f"{n}", str(archives[n]), str(output), {}, marker.exists, args.model
+        got = run_job(
+            workdir,
+            tag,
+            str(archives[n]),
+            str(output),
+            {},
+            marker.exists,
+            args.model,
+            no_reservation,
         )
-        got = runs[n]
+        if no_reservation:
+            unreserved = got
+        else:
+            runs[n] = got
+        label = " (Ray Data op_resource_reservation_enabled=False)" if no_reservation else ""
         say(
-            f"job {n:>6} videos: {got['wall_s']:.1f} s wall, {got['cpu_s']:.1f} s CPU, driver "
+            f"job {n:>6} videos{label}: {got['wall_s']:.1f} s wall, {got['cpu_s']:.1f} s CPU, driver "
             f"peak {got['driver_peak_kb'] / 1024:.0f} MiB (private "
             f"{got['driver_anon_peak_kb'] / 1024:.0f}), first commit at "
             f"{got['first_commit_s']:.1f} s ({got['ok']} ok, {got['failed']} failed, "
@@ -663,6 +705,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"fixed (target <= 2 KB: {'met' if rss_slope <= 2 else 'MISSED'}); private part "
         f"(RssAnon) {anon_slope:.2f} KB per video, {anon_fixed / 1024:.0f} MiB fixed"
     )
+    if unreserved is not None:
+        same = runs[experiment]
+        say(
+            f"  experiment at {experiment} videos, Ray Data's op resource reservation off (the "
+            f"write tasks are no longer held back while the workers run): first commit "
+            f"{unreserved['first_commit_s']:.1f} s (default {same['first_commit_s']:.1f} s), "
+            f"wall {unreserved['wall_s']:.1f} s ({same['wall_s']:.1f}), driver peak "
+            f"{unreserved['driver_peak_kb'] / 1024:.0f} MiB ({same['driver_peak_kb'] / 1024:.0f}), "
+            f"private {unreserved['driver_anon_peak_kb'] / 1024:.0f} MiB "
+            f"({same['driver_anon_peak_kb'] / 1024:.0f})"
+        )
     say(
         "  start-up (run start to first result reaching the driver): "
         + ", ".join(f"{runs[n]['first_result_s']:.1f} s at {n}" for n in sizes)
