@@ -431,6 +431,7 @@ def _index(
 
     begun = time.monotonic()
     start_ray(verbose=verbose)
+    summary.stage_s["ray start"] = time.monotonic() - begun
     cluster = cluster_resources()
     summary.cpus = float(cluster.get("CPU", 1))
     sizing = size_job(cluster, config.resources, plan.todo.num_rows, cluster_nodes())
@@ -444,8 +445,11 @@ def _index(
     progress = Progress(plan.todo.num_rows, log=log, enabled=show_progress)
     models = frozenset(m.name for m in plan.models)
     sequence = 0
+    commit_s = 0.0
     try:
         for result in _results(config, plan, store, sizing):
+            # What a run pays before any work comes back (workers starting, models loading).
+            summary.stage_s.setdefault("first result", time.monotonic() - begun)
             progress.segment_done()
             chunk, video = tracker.add(result)
             if video is not None:
@@ -454,10 +458,14 @@ def _index(
                 )
             if tracker.complete(chunk):
                 sequence += 1
+                committing = time.monotonic()
                 _commit(plan, store, lease, tracker, chunk, sequence, models, summary)
+                commit_s += time.monotonic() - committing
+                summary.stage_s.setdefault("first commit", time.monotonic() - begun)
                 progress.chunk_committed()
     finally:
         progress.close()
+    summary.stage_s["commits"] = commit_s
     summary.clips, summary.detections, summary.shots = (
         tracker.rows["clips"],
         tracker.rows["detections"],
