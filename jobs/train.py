@@ -169,7 +169,11 @@ def render_report(
     first = results[families[0]]
     # The dataset as train.py describes it (a checkpoint trained by hand records a path).
     m = next(
-        (r.metrics for r in results.values() if r.metrics["dataset"].startswith("vidbatch.media.synth")),
+        (
+            r.metrics
+            for r in results.values()
+            if r.metrics["dataset"].startswith("vidbatch.media.synth")
+        ),
         first.metrics,
     )
     lines = [

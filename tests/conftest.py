@@ -81,7 +81,9 @@ def small_archive(tmp_path_factory):
     """Eight short labeled videos, made once per session."""
     from vidbatch.media.synth import synthesize
 
-    return synthesize(tmp_path_factory.mktemp("archive"), 8, seed=11, min_seconds=2.0, max_seconds=6.0)
+    return synthesize(
+        tmp_path_factory.mktemp("archive"), 8, seed=11, min_seconds=2.0, max_seconds=6.0
+    )
 
 
 def job_config(source: str, output: str, **extra) -> dict:

@@ -129,6 +129,16 @@ def needs_folders(fs: Any) -> bool:
     return not protocols & OBJECT_STORES
 
 
+# What delta-rs (object_store) says when a request failed after its own retries: a 5xx, a
+# throttle, a dropped or timed out connection. Its other errors (a concurrent commit, a
+# schema mismatch, a missing table) have their own classes or are not about the storage.
+_OBJECT_STORE_TRANSIENT = re.compile(
+    r"Object Store error.*(non-2xx status code: (5\d\d|429)|error sending request|"
+    r"timed? ?out|connection|SlowDown)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
 def transient(exc: BaseException) -> bool:
     """Worth retrying: a server error, throttling, a dropped or timed out connection."""
     if isinstance(exc, StorageError):  # an inner operation already retried and gave up
@@ -151,6 +161,8 @@ def transient(exc: BaseException) -> bool:
         return status >= 500 or status == 429 or "Throttl" in code or code == "SlowDown"
     if isinstance(exc, (OSError, TimeoutError)):
         return True
+    if type(exc).__name__ == "DeltaError":  # delta-rs: only its object-store failures
+        return bool(_OBJECT_STORE_TRANSIENT.search(str(exc)))
     module = type(exc).__module__.split(".", 1)[0]
     return module in ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "fsspec")
 

@@ -11,7 +11,9 @@ import av
 from vidbatch.index.store import IndexStore
 
 
-def read(output: str | Path, name: str, storage_options: dict | None = None, **snapshot: Any) -> list[dict]:
+def read(
+    output: str | Path, name: str, storage_options: dict | None = None, **snapshot: Any
+) -> list[dict]:
     """The rows of one table as vidbatch readers see them (one snapshot), [] without an index."""
     store = IndexStore(str(output), storage_options)
     if not store.exists():

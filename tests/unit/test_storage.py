@@ -1,10 +1,12 @@
-"""Credentials never reach records, logs or errors: redaction by key name and by value."""
+"""Credentials never reach records, logs or errors; which storage errors are worth retrying."""
 
 from __future__ import annotations
 
 import json
 
-from vidbatch.storage import normalize_uri, public_uri, redact, scrub
+import pytest
+
+from vidbatch.storage import normalize_uri, public_uri, redact, scrub, transient
 
 OPTIONS = {
     "connection_string": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=S3CRETKEYVALUE==",
@@ -39,3 +41,27 @@ def test_uri_spellings_and_public_form():
     assert normalize_uri("file:///tmp//v/../x.mp4") == "/tmp/x.mp4"
     assert public_uri("s3://b/a?b.mp4") == "s3://b/a?b.mp4"  # a key may hold "?"
     assert public_uri("https://u:p@h/x.mp4?sig=1&se=2&sv=3&sp=r&id=9") == "https://h/x.mp4?id=9"
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        # What delta-rs raised in CI when a 500 outlasted object_store's own retries.
+        (
+            "Generic DeltaTable error: Parquet error: Failed to fetch metadata for file "
+            "idx/runs/part-0.parquet: Object Store error: Generic S3 error: Error performing "
+            "GET http://127.0.0.1:1/out/idx/runs/part-0.parquet in 1.2s, after 4 retries, "
+            "max_retries: 4, retry_timeout: 60s - Server returned non-2xx status code: "
+            "500 Internal Server Error: <Error><Code>InternalError</Code></Error>",
+            True,
+        ),
+        ("Object Store error: Generic S3 error: error sending request for url (http://x/)", True),
+        ("Object Store error: Generic S3 error: Server returned non-2xx status code: 403", False),
+        ("Generic DeltaTable error: Schema error: no field named 'x'", False),
+    ],
+)
+def test_delta_rs_object_store_failures_are_retried_and_nothing_else(error, retry):
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    assert transient(DeltaError(error)) is retry
+    assert not transient(CommitFailedError(error))  # a concurrent commit is not a storage fault
