@@ -171,13 +171,11 @@ def tree_cpu_s() -> float:
 
 def job_child(spec: dict[str, Any]) -> None:
     """A fresh driver process: the real job, timed; its own peak RSS; the tree's CPU time."""
-    import ray.data
+    import ray
 
     import vidbatch
 
     become_subreaper()
-    if spec.get("no_reservation"):  # an experiment: Ray Data's resource reservation off
-        ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     peak_anon = [0]
     done = threading.Event()
 
@@ -483,14 +481,12 @@ def run_job(
     options: dict[str, Any],
     exists: Any,
     model: str,
-    no_reservation: bool = False,
 ) -> dict[str, Any]:
     started_file = workdir / f"started-{tag}"
     config = job_config(source, output, options, model)
     spec = {
         "config": config,
         "started_file": str(started_file),
-        "no_reservation": no_reservation,
     }
     result, committed_at = child("job", spec, watch=exists)
     started = float(started_file.read_text())
@@ -517,12 +513,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--s3-size", type=int, default=1000, help="0: no moto S3 run")
     parser.add_argument("--bare-videos", type=int, default=400)
     parser.add_argument("--model", default=MODEL, help=f"default {MODEL}; e.g. motion-cnn")
-    parser.add_argument(
-        "--no-reservation-size",
-        type=int,
-        default=4000,
-        help="also run this size with Ray Data's op resource reservation off (0: skip)",
-    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     for mode in ("job", "bare", "sandbox", "raydata"):
@@ -567,31 +557,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     runs: dict[int, dict[str, Any]] = {}
-    experiment = args.no_reservation_size if args.no_reservation_size in sizes else 0
-    plan = [(n, False) for n in sizes] + ([(experiment, True)] if experiment else [])
-    unreserved = None
-    for n, no_reservation in plan:
-        tag = f"{n}-no-reservation" if no_reservation else f"{n}"
+    for n in sizes:
+        tag = f"{n}"
         output = workdir / f"index-{tag}"
         shutil.rmtree(output, ignore_errors=True)
         marker = output / FIRST_COMMIT
-        got = run_job(
-            workdir,
-            tag,
-            str(archives[n]),
-            str(output),
-            {},
-            marker.exists,
-            args.model,
-            no_reservation,
+        runs[n] = got = run_job(
+            workdir, tag, str(archives[n]), str(output), {}, marker.exists, args.model
         )
-        if no_reservation:
-            unreserved = got
-        else:
-            runs[n] = got
-        label = " (Ray Data op_resource_reservation_enabled=False)" if no_reservation else ""
         say(
-            f"job {n:>6} videos{label}: {got['wall_s']:.1f} s wall, {got['cpu_s']:.1f} s CPU, driver "
+            f"job {n:>6} videos: {got['wall_s']:.1f} s wall, {got['cpu_s']:.1f} s CPU, driver "
             f"peak {got['driver_peak_kb'] / 1024:.0f} MiB (private "
             f"{got['driver_anon_peak_kb'] / 1024:.0f}), first commit at "
             f"{got['first_commit_s']:.1f} s ({got['ok']} ok, {got['failed']} failed, "
@@ -705,17 +680,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"fixed (target <= 2 KB: {'met' if rss_slope <= 2 else 'MISSED'}); private part "
         f"(RssAnon) {anon_slope:.2f} KB per video, {anon_fixed / 1024:.0f} MiB fixed"
     )
-    if unreserved is not None:
-        same = runs[experiment]
-        say(
-            f"  experiment at {experiment} videos, Ray Data's op resource reservation off (the "
-            f"write tasks are no longer held back while the workers run): first commit "
-            f"{unreserved['first_commit_s']:.1f} s (default {same['first_commit_s']:.1f} s), "
-            f"wall {unreserved['wall_s']:.1f} s ({same['wall_s']:.1f}), driver peak "
-            f"{unreserved['driver_peak_kb'] / 1024:.0f} MiB ({same['driver_peak_kb'] / 1024:.0f}), "
-            f"private {unreserved['driver_anon_peak_kb'] / 1024:.0f} MiB "
-            f"({same['driver_anon_peak_kb'] / 1024:.0f})"
-        )
     say(
         "  start-up (run start to first result reaching the driver): "
         + ", ".join(f"{runs[n]['first_result_s']:.1f} s at {n}" for n in sizes)

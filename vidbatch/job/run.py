@@ -537,8 +537,9 @@ def _results(
     )
     # Probing runs as tasks (a sandbox per block of videos); the split into blocks of work
     # units fuses into them. Small jobs get a unit per block (every worker busy), large ones
-    # up to 16 (Ray's cost is per block).
-    ds = apply_stage(ds, probe, actors=None)
+    # up to 16 (Ray's cost is per block). One probe task per node at a time: more would take
+    # the CPU the write tasks are sized for, and no chunk would commit before probing ends.
+    ds = apply_stage(ds, probe, actors=None, tasks=sizing.probe_tasks)
     units_per_block = max(1, min(16, todo.num_rows // (8 * workers)))
     ds = split_blocks(ds, units_per_block, probe.num_cpus)
     frame_spec: FrameSpec | None = (

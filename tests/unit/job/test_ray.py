@@ -18,6 +18,8 @@ def test_cpu_only_fuses_decode_into_one_worker_per_cpu():
     # ... on every node: four nodes of 4 CPUs keep half a CPU free each.
     spread = size_job({"CPU": 16}, Resources(), work=1000, nodes=4)
     assert spread.inference_actors * spread.cpus_per_inference + 4 * 0.5 == pytest.approx(16)
+    # One probe task at a time per node: a second would take the write task's room.
+    assert (sizing.probe_tasks, spread.probe_tasks) == (1, 4)
 
 
 def test_gpus_get_one_inference_actor_each_and_decoders_on_the_cpus_left():
