@@ -5,6 +5,9 @@
     python jobs/benchmark.py --only decode --only memory
     python jobs/benchmark.py --only realistic  # issue 14: real-looking archive, side by side
     python jobs/benchmark.py --only realistic-decode   # or -e2e: one half of it
+    python jobs/benchmark.py --only index    # issue 12: planning after 1 and N nights, commits
+    python jobs/benchmark.py --only scale    # issue 13: 1k/4k/16k videos, per-video overhead
+                                             # (these two: only when named; hours in full)
 
 Media are generated with PyAV into --cache (default .bench-cache/, git-ignored by its own
 .gitignore). No figure is hard-coded: every ratio comes from numbers measured in this run.
@@ -500,9 +503,34 @@ SECTIONS: dict[str, Callable[[Path, Scale], None]] = {
 }
 
 
+def own_program(script: str, *quick: str) -> Callable[[Path, Scale], None]:
+    """A section that is its own program (fresh processes, an hour or more in full): run only
+    when named with --only; --quick passes it `quick`'s arguments."""
+
+    def section(root: Path, sc: Scale) -> None:
+        args = quick if sc is QUICK else ()
+        command = [sys.executable, str(Path(__file__).resolve().parent / script), *args]
+        if subprocess.run(command).returncode:
+            ROWS.append(Row(f"{script}: ran", "exit status not 0", "runs", "FAIL"))
+
+    return section
+
+
+# Issues 12 and 13: the index after many nights, the job on 1k-16k videos.
+ON_REQUEST = {
+    "index": own_program(
+        "bench_index.py",
+        *"--videos 5000 --nights 5 --s3-videos 1000 --list-s3 1000 --reps 1".split(),
+    ),
+    "scale": own_program("bench_scale.py", *"--sizes 200 400 --s3-size 0 --bare-videos 50".split()),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", action="append", choices=list(SECTIONS), help="repeatable")
+    parser.add_argument(
+        "--only", action="append", choices=[*SECTIONS, *ON_REQUEST], help="repeatable"
+    )
     parser.add_argument("--quick", action="store_true", help="small files: a smoke run")
     parser.add_argument("--cache", default=".bench-cache", help="generated media (kept, reused)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -519,12 +547,14 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\n== {name} (load average {loadavg()})")
         t0 = time.perf_counter()
         try:
-            SECTIONS[name](root, scale)
+            {**SECTIONS, **ON_REQUEST}[name](root, scale)
         except Exception as exc:  # a broken section is a FAIL row; the others still run
             traceback.print_exc()
             ROWS.append(Row(f"{name}: section ran", f"error: {exc}"[:40], "runs", "FAIL"))
         say(f"   ({time.perf_counter() - t0:.0f}s)")
     say(f"\n== summary ({time.perf_counter() - started:.0f}s; load average now {loadavg()})")
+    if not ROWS:
+        return 0
     width, value = max(len(r.name) for r in ROWS), max(len(r.value) for r in ROWS)
     say(f"{'':{width}s}  {'measured':>{value}s}  {'target':>9s}  result")
     for r in ROWS:
