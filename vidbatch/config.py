@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -225,8 +226,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> JobConfig:
     """Read, override and validate a job config; every mistake is a one-line ConfigError."""
+    return config_from_dict(read_yaml(path, overrides, "source:, output:, models: ..."))
+
+
+def read_yaml(path: str | Path, overrides: Sequence[str] | None, keys: str) -> dict[str, Any]:
+    """A YAML file's mapping with `--set` overrides applied; a file that cannot be read, bad
+    YAML (with its line and column) or another shape is a one-line ConfigError. `keys` names
+    the top-level keys expected, for that error."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -236,15 +244,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}:{_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of keys (source:, output:, models: ...), "
-            f"got {type(data).__name__}"
-        )
+        raise ConfigError(f"{path}: expected a mapping of keys ({keys}), got {type(data).__name__}")
     try:
-        data = apply_overrides(data, overrides or [])
+        return apply_overrides(data, list(overrides or []))
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set:{_yaml_problem(exc, where=False)}") from exc
-    return config_from_dict(data)
 
 
 def _yaml_problem(exc: yaml.YAMLError, *, where: bool = True) -> str:

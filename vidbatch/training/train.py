@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vidbatch.config import apply_overrides, parse
+from vidbatch.config import parse, read_yaml
 from vidbatch.errors import ConfigError, describe
 from vidbatch.media.decode import decode_clips, probe
 from vidbatch.models.checkpoint import CheckpointMeta, save_checkpoint, weights_version
@@ -101,13 +100,8 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read and validate a training YAML; a wrong key or value is a one-line ConfigError."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return parse(TrainConfig, apply_overrides(data, list(overrides))).validate()
+    data = read_yaml(path, overrides, "model:, data:, clip:, train: ...")
+    return parse(TrainConfig, data).validate()
 
 
 # ---------------------------------------------------------------- data

@@ -77,6 +77,16 @@ def test_config_errors_are_one_line_naming_the_key(tmp_path, doc, key):
     assert key in str(info.value) and "\n" not in str(info.value)
 
 
+def test_bad_yaml_names_its_line_and_column(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model: motion-cnn\ndata: [a, b\ntrain: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:3:6: not valid YAML") and "\n" not in message
+    assert "flow sequence at 2:7" in message
+
+
 def test_clip_starts_follow_the_contract():
     clip = ClipSpec(16, 8.0, 64)  # 2 s clips
     assert clip_starts(1.5, clip, 4) == [0.0]  # shorter than a clip: still one
