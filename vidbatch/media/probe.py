@@ -184,10 +184,7 @@ def _packet_ends(
         ends = (None, None)  # an unreadable tail: the header stands, decoding will judge
     finally:
         if rewind:
-            try:
-                container.seek(stream.start_time or 0, stream=stream, backward=True)
-            except (av.FFmpegError, OSError, EOFError):
-                pass
+            _rewind(container, stream)
     return ends
 
 
@@ -244,8 +241,13 @@ def _last_packet_time(
             low, high = (max(middle, found), high) if found is not None else (low, middle)
     finally:
         if rewind:
-            try:
-                container.seek(stream.start_time or 0, stream=stream, backward=True)
-            except (av.FFmpegError, OSError, EOFError):
-                pass
+            _rewind(container, stream)
     return low
+
+
+def _rewind(container: Any, stream: Any) -> None:
+    """Back to the stream's start for the caller's decode (a failed seek: the decode judges)."""
+    try:
+        container.seek(stream.start_time or 0, stream=stream, backward=True)
+    except (av.FFmpegError, OSError, EOFError):
+        pass

@@ -640,34 +640,13 @@ def train(config: TrainConfig, *, clip_set: ClipSet | None = None, log: Log = pr
         f"{int(held_videos.sum())} videos"
     )
     began = time.perf_counter()
+    data = dict(mean=mean, std=std, held_x=held_x, held_y=held_y, labels=labels, log=log)
     if loop.workers > 1:
-        distributed = fit_distributed(
-            module,
-            train_x,
-            train_y,
-            loop,
-            mean=mean,
-            std=std,
-            held_x=held_x,
-            held_y=held_y,
-            labels=labels,
-            log=log,
-        )
+        distributed = fit_distributed(module, train_x, train_y, loop, **data)
         history, ranks = distributed.history, distributed.ranks
     else:
         module.to(default_device(), memory_format=torch.channels_last)
-        history = fit(
-            module,
-            train_x,
-            train_y,
-            loop,
-            mean=mean,
-            std=std,
-            held_x=held_x,
-            held_y=held_y,
-            labels=labels,
-            log=log,
-        )
+        history = fit(module, train_x, train_y, loop, **data)
         state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         losses = [record["loss"] for record in history]
         ranks = [RankReport(0, 1, os.getpid(), history[-1]["steps"], losses, state)]
