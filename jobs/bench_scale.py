@@ -41,7 +41,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,8 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench_moto import Moto  # noqa: E402
 
 MODEL = "bench_scale:tiny_classifier"
 FIRST_COMMIT = "videos/_delta_log/00000000000000000001.json"
@@ -403,63 +404,6 @@ def child(mode: str, spec: dict[str, Any], watch: Callable[[], bool] | None = No
         raise RuntimeError(f"{mode} child failed ({process.returncode}):\n{err[-4000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     return (result, seen[0] if seen else None) if watch else result
-
-
-# -- moto S3 in its own process --------------------------------------------------------------
-
-
-class Moto:
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "moto_server"),
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        self.options = {
-            "key": "bench-key-id",
-            "secret": "bench-secret",
-            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
-        }
-
-    def fs(self) -> Any:
-        import s3fs
-
-        return s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
-
-    def bucket(self, name: str) -> None:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="bench-key-id",
-            aws_secret_access_key="bench-secret",
-        ).create_bucket(Bucket=name)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 # -- the runs --------------------------------------------------------------------------------
