@@ -315,3 +315,49 @@ def test_job_through_flaky_storage_writes_the_same_rows(
     assert max(clips.values()) == 1
     assert [r["status"] for r in rows(s3_server, output, "runs")] == ["ok"]
     print(f"flaky proxy: {dict(proxy.counts)}")
+
+
+class LosesFirstReply(FlakyProxy):
+    """Forwards everything, but drops the reply to the first request matching `match` after
+    the store did the work (a lost response): the client cannot know its commit landed."""
+
+    def __init__(self, upstream: str, match) -> None:
+        super().__init__(upstream)
+        self.match, self.lost = match, []
+
+    def decide(self, method: str, path: str, headers: dict) -> str | None:
+        if not self.lost and self.match(method, path):
+            self.lost.append(path)
+            self.counts["lost"] += 1
+            return "lost"
+        return super().decide(method, path, headers)
+
+
+@pytest.mark.parametrize("table", ["runs", "videos"])
+def test_a_commit_whose_reply_is_lost_lands_once(s3_server, table):
+    """delta-rs retries the commit's PUT, finds its own commit there and calls it a concurrent
+    one; vidbatch, the only writer under its lease, knows it is its own: the row lands once."""
+    bucket = f"flaky-lost-{table}"
+    make_bucket(s3_server, bucket)
+    store = IndexStore(f"s3://{bucket}/idx", options(s3_server))
+    store.ensure_tables()
+
+    def first_commit(method: str, path: str) -> bool:
+        return method == "PUT" and path.endswith(f"/idx/{table}/_delta_log/{1:020d}.json")
+
+    with LosesFirstReply(s3_server, first_commit) as proxy:
+        through = IndexStore(f"s3://{bucket}/idx", options(proxy.url))
+        now = datetime.now(timezone.utc)
+        if table == "runs":
+            through.write_run({"run_id": "r1", "started_at": now, "status": "ok"})
+        else:
+            row = {"video_id": "v1", "uri": "s3://x/v1.mp4", "status": "ok", "processed_at": now}
+            chunk = ChunkCommit(1, "r1", pa.Table.from_pylist([row], schema=tables.VIDEOS))
+            through.commit_chunk(chunk)
+    assert proxy.lost, "the commit's reply was never dropped"
+    assert len(rows(s3_server, f"s3://{bucket}/idx", table)) == 1
+    log = direct(s3_server).ls(f"{bucket}/idx/{table}/_delta_log")
+    commits = sum(1 for p in log if p.endswith(".json")) - 1  # version 0 is the empty table
+    # A chunk commit carries its run's sequence number, so it is recognised and not redone;
+    # the run record is written again (it replaces its own row).
+    assert commits == (2 if table == "runs" else 1)

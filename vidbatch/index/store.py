@@ -356,19 +356,30 @@ class IndexStore:
     def write_run(self, row: Mapping[str, Any]) -> None:
         """Insert or replace the run's row in `runs` (one small transaction)."""
         from deltalake import write_deltalake
+        from deltalake.exceptions import CommitFailedError
 
         data = pa.Table.from_pylist([dict(row)], schema=tables.RUNS)
         run_id = str(row["run_id"]).replace("'", "''")
-        self._retry(
-            lambda: write_deltalake(
+
+        def put() -> None:
+            write_deltalake(
                 self.table_uri("runs"),
                 data,
                 mode="overwrite",
                 predicate=f"run_id = '{run_id}'",
                 storage_options=self.delta_options,
-            ),
-            "write the run record",
-        )
+            )
+
+        def write() -> None:
+            try:
+                put()
+            except CommitFailedError:
+                # The writer lease makes this run the only writer: the "concurrent" commit is
+                # its own, whose reply was lost and which delta-rs retried (seen in CI through
+                # the flaky proxy). Replacing the row again is idempotent.
+                put()
+
+        self._retry(write, "write the run record")
 
     def prune(self, listed_uris: pa.Array, run_id: str, sequence: int) -> int:
         """Remove every row of videos no longer listed at the source; returns how many."""
