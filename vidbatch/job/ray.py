@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +181,11 @@ def apply_stage(
         run.__name__ = run.__qualname__ = type(stage).__name__  # Ray names the tasks after it
         if tasks:
             options["concurrency"] = tasks
-        return ds.map_batches(run, **options, **TASK_PLACEMENT)
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for a scheduling strategy yet, and warns on
+            # every call that passes one the old way (pyproject keeps Ray below 2.64).
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            return ds.map_batches(run, **options, **TASK_PLACEMENT)
     size = actors if isinstance(actors, tuple) else (actors, actors)
     # A worker class per stage, so `ps` and Ray's dashboard name the stage a process runs.
     worker = type(
