@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_moto import Moto  # noqa: E402
+from bench_common import Moto, status_kb  # noqa: E402
 
 from vidbatch.index import tables  # noqa: E402
 from vidbatch.index.store import ChunkCommit, IndexStore  # noqa: E402
@@ -301,18 +301,11 @@ def build_and_age(
 # -- planning in a fresh process -------------------------------------------------------------
 
 
-def _rss_kb(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def plan_child(spec: dict[str, Any]) -> None:
     """Runs in a fresh process: the planning steps, timed, with peak RSS."""
     import deltalake  # noqa: F401  (imported up front: the baseline holds every library)
 
-    baseline_kb = _rss_kb("VmRSS")
+    baseline_kb = status_kb("VmRSS")
     t0 = time.perf_counter()
     listed = pq.read_table(spec["listing"])
     t1 = time.perf_counter()
@@ -322,7 +315,7 @@ def plan_child(spec: dict[str, Any]) -> None:
     decided = decide(listed, current, CONFIG_KEY)
     todo = to_process(decided)
     t3 = time.perf_counter()
-    plan_kb = _rss_kb("VmHWM")
+    plan_kb = status_kb("VmHWM")
     runs = store.runs()
     t4 = time.perf_counter()
     print(
@@ -339,7 +332,7 @@ def plan_child(spec: dict[str, Any]) -> None:
                 "todo": todo.num_rows,
                 "baseline_kb": baseline_kb,
                 "peak_kb": plan_kb,
-                "peak_with_runs_kb": _rss_kb("VmHWM"),
+                "peak_with_runs_kb": status_kb("VmHWM"),
             }
         )
     )
@@ -350,7 +343,7 @@ def list_child(spec: dict[str, Any]) -> None:
     from vidbatch.job.catalog import list_videos
     from vidbatch.job.plan import listing_table
 
-    baseline_kb = _rss_kb("VmRSS")
+    baseline_kb = status_kb("VmRSS")
     t0 = time.perf_counter()
     refs = list_videos(spec["uri"], spec["options"])
     t1 = time.perf_counter()
@@ -363,7 +356,7 @@ def list_child(spec: dict[str, Any]) -> None:
                 "table_s": t2 - t1,
                 "videos": table.num_rows,
                 "baseline_kb": baseline_kb,
-                "peak_kb": _rss_kb("VmHWM"),
+                "peak_kb": status_kb("VmHWM"),
             }
         )
     )

@@ -58,7 +58,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_moto import Moto  # noqa: E402
+from bench_common import Moto, status_kb  # noqa: E402
 
 MODEL = "bench_scale:tiny_classifier"
 FIRST_COMMIT = "videos/_delta_log/00000000000000000001.json"
@@ -135,13 +135,6 @@ def make_archive(clip: Path, folder: Path, count: int) -> Path:
 # -- measuring processes ---------------------------------------------------------------------
 
 
-def _status_kb(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def become_subreaper() -> None:
     """Orphans of this process tree (a decode sandbox whose worker Ray killed) are re-parented
     here instead of to init, so their CPU time is collected when they are reaped."""
@@ -182,7 +175,7 @@ def job_child(spec: dict[str, Any]) -> None:
 
     def sample() -> None:
         while not done.wait(0.1):
-            peak_anon[0] = max(peak_anon[0], _status_kb("RssAnon"))
+            peak_anon[0] = max(peak_anon[0], status_kb("RssAnon"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -194,8 +187,8 @@ def job_child(spec: dict[str, Any]) -> None:
     wall = time.perf_counter() - began
     done.set()
     sampler.join()
-    driver_peak_kb = _status_kb("VmHWM")
-    anon_peak_kb = max(peak_anon[0], _status_kb("RssAnon"))
+    driver_peak_kb = status_kb("VmHWM")
+    anon_peak_kb = max(peak_anon[0], status_kb("RssAnon"))
     ray.shutdown()
     reap_all()
     cpu = tree_cpu_s()

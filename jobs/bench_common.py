@@ -1,5 +1,5 @@
-"""moto S3 in its own process for the benchmarks (bench_index.py, bench_scale.py): its own
-GIL, so the process being measured does not also serve S3."""
+"""What bench_index.py and bench_scale.py share: this process's memory figures, and moto S3 in
+its own process (its own GIL, so the process being measured does not also serve S3)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def status_kb(field_name: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM, RssAnon ...); 0 when absent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 class Moto:
