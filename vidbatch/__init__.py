@@ -58,8 +58,7 @@ def run(
     else:
         data = to_dict(config) if isinstance(config, JobConfig) else dict(config)
         job = config_from_dict(apply_overrides(yaml.safe_load(yaml.safe_dump(data)), sets))
-    log = (lambda message: None) if quiet else None
-    options = {"log": log} if log else {}
+    options = {"log": lambda message: None} if quiet else {}
     return run_job(job, limit=limit, retry_failed=retry_failed, show_progress=not quiet, **options)
 
 
@@ -88,11 +87,7 @@ class Index:
     def duckdb(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the tables as views: videos, clips, detections, shots, runs."""
         if self._con is None:
-            import duckdb
-
-            self._con = duckdb.connect()
-            for name in ("videos", "clips", "detections", "shots", "runs"):
-                self._con.register(name, self._store.dataset(name, self._snapshot))
+            self._con = self._store.connect(snapshot=self._snapshot)
         return self._con
 
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:

@@ -95,14 +95,26 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None):
 def with_retry_defaults(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """storage_options plus vidbatch's botocore retry settings for S3, unless the user set them."""
     options = dict(storage_options or {})
-    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
     env = "AWS_RETRY_MODE" in os.environ or "AWS_MAX_ATTEMPTS" in os.environ
-    if protocol in ("s3", "s3a") and not env:
+    if protocol(uri) in ("s3", "s3a") and not env:
         config = dict(options.get("config_kwargs") or {})
         if "retries" not in config:
             config["retries"] = dict(S3_RETRIES)
             options["config_kwargs"] = config
     return options
+
+
+def protocol(uri: str) -> str:
+    """The URI's scheme, lower case (`s3`, `gs` ...); `file` for a plain path."""
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def options_for(
+    target: str, source: str, storage_options: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The source's storage options for writing `target` when both are on the same kind of
+    store (the index's S3 credentials for a report on S3), else none."""
+    return storage_options if protocol(target) == protocol(source) else None
 
 
 def is_local(uri: str) -> bool:
@@ -354,6 +366,8 @@ __all__ = [
     "normalize_uri",
     "public_uri",
     "open_input",
+    "options_for",
+    "protocol",
     "redact",
     "retrying",
     "scrub",

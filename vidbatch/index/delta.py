@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from vidbatch.index import tables
+from vidbatch.storage import protocol
 
 # Commits on S3 use conditional puts (If-None-Match), so two writers can never both commit
 # the same version; measured against moto: 12 concurrent appends, 12 versions, no loss.
@@ -40,9 +41,9 @@ def delta_options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[s
     GOOGLE_*, AZURE_*), as the AWS SDKs do.
     """
     options = dict(storage_options or {})
-    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    scheme = protocol(uri)
     out: dict[str, str] = {}
-    if protocol in ("s3", "s3a"):
+    if scheme in ("s3", "s3a"):
         client = dict(options.get("client_kwargs") or {})
         pairs = {
             "AWS_ACCESS_KEY_ID": options.get("key"),
@@ -60,10 +61,10 @@ def delta_options(uri: str, storage_options: Mapping[str, Any] | None) -> dict[s
         if "AWS_S3_LOCKING_PROVIDER" not in options:
             out.update(S3_SAFE_COMMITS)
         out.update(OBJECT_STORE_RETRIES)
-    elif protocol in ("gs", "gcs"):
+    elif scheme in ("gs", "gcs"):
         if isinstance(options.get("token"), str):
             out["GOOGLE_SERVICE_ACCOUNT"] = options["token"]
-    elif protocol in ("az", "abfs", "abfss"):
+    elif scheme in ("az", "abfs", "abfss"):
         pairs = {
             "AZURE_STORAGE_ACCOUNT_NAME": options.get("account_name"),
             "AZURE_STORAGE_ACCOUNT_KEY": options.get("account_key"),

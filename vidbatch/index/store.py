@@ -224,11 +224,14 @@ class IndexStore:
     def runs(self) -> pa.Table:
         return self.read("runs") if self.has_table("runs") else tables.empty("runs")
 
-    def connect(self, as_of: int | str | datetime | None = None) -> Any:
-        """A DuckDB connection with every table registered as a view, all of one snapshot."""
+    def connect(
+        self, as_of: int | str | datetime | None = None, snapshot: Snapshot | None = None
+    ) -> Any:
+        """A DuckDB connection with every table registered as a view, all of one snapshot
+        (`snapshot` when given, else the one `as_of` names)."""
         import duckdb
 
-        snapshot = self.snapshot(as_of)
+        snapshot = self.snapshot(as_of) if snapshot is None else snapshot
         con = duckdb.connect()
         for name in tables.TABLES:
             con.register(name, self.dataset(name, snapshot))

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from vidbatch.tools.report_html import as_dict, hex_rgb, label_colour, render_page
+from vidbatch.storage import options_for
+from vidbatch.tools.report_html import hex_rgb, label_colour, render_page
 from vidbatch.tools.search import add_storage_options, find_intervals
 
 if TYPE_CHECKING:  # NumPy, DuckDB, fsspec load when a report is built, not for `vidbatch --help`
@@ -105,9 +106,6 @@ def build_report(
         totals = con.sql(_TOTALS).to_arrow_table().to_pylist()[0]
     finally:
         con.close()
-    for run in runs:
-        for key in ("models", "planned", "failures", "timings"):
-            run[key] = as_dict(run.get(key))
     labels = sorted({r["label"] for r in counts})
     colours = {label: label_colour(label, i) for i, label in enumerate(labels)}
     thumbnails = cut_thumbnails(top, colours, storage_options, timeout_s=thumbnail_timeout_s)
@@ -127,8 +125,8 @@ def build_report(
         link_note=_link_note(uris, link_prefixes),
     )
     html_uri = str(html_uri)
-    if html_storage_options is None and _protocol(html_uri) == _protocol(output_uri):
-        html_storage_options = storage_options
+    if html_storage_options is None:
+        html_storage_options = options_for(html_uri, output_uri, storage_options)
     write_whole(html_uri, page.encode("utf-8"), html_storage_options)
     return html_uri
 
@@ -184,10 +182,6 @@ def write_whole(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
         fs.pipe_file(path, data)
     except OSError as exc:  # name the page, not only the folder the library tripped on
         raise OSError(f"cannot write {uri}: {describe(exc)}") from exc
-
-
-def _protocol(uri: str) -> str:
-    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
 
 
 def cut_thumbnails(

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from vidbatch.storage import options_for
+
 if TYPE_CHECKING:  # imported where used: `vidbatch --help` should not load DuckDB and Arrow
     import duckdb
     import pyarrow as pa
@@ -252,18 +254,13 @@ def write_results(
     from vidbatch.tools.query import FORMATS, encode, write_table
 
     if out:
-        same_store = _protocol(out) == _protocol(index_uri)
-        write_table(table, fmt, out, storage_options if same_store else None)
+        write_table(table, fmt, out, options_for(out, index_uri, storage_options))
         return
     if fmt not in FORMATS or fmt == "parquet":
         raise ValueError(f"--format {fmt} needs --out FILE (only csv and json go to stdout)")
     sys.stdout.flush()
     sys.stdout.buffer.write(encode(table, fmt))
     sys.stdout.buffer.flush()
-
-
-def _protocol(uri: str) -> str:
-    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
 
 
 def closest(name: str, known: list[str], what: str) -> str:
