@@ -432,9 +432,12 @@ class IndexStore:
 
         app = RUN_APP.format(run_id=chunk.run_id)
 
+        def committed(table: Any) -> bool:
+            return (table.transaction_version(app) or 0) >= chunk.sequence
+
         def attempt() -> int:
             table = self.table(name)
-            if (table.transaction_version(app) or 0) >= chunk.sequence:
+            if committed(table):
                 return table.version()  # committed already; the reply was lost
             txns = [Transaction(app, chunk.sequence)]
             if seal:
@@ -457,8 +460,9 @@ class IndexStore:
                 # A put whose reply was lost and that delta-rs retried finds its own commit
                 # there and calls it a concurrent one: ours if it carries this commit's number.
                 table.update_incremental()
-                if (table.transaction_version(app) or 0) < chunk.sequence:
+                if not committed(table):
                     raise
+                return table.version()
             table.update_incremental()
             return table.version()
 
@@ -518,6 +522,8 @@ class IndexStore:
         now = int(time.time() * 1000)
         actions: list[Any] = []
         paths = live.column("path")
+        wanted_uris = pa.array(wanted.tolist(), pa.string())
+        current_ids = pa.array(sorted(keep_ids), pa.string())
         for i in candidates:
             path = paths[int(i)].as_py()
             values = {
@@ -525,11 +531,9 @@ class IndexStore:
             }
             physical = _physical(path)
             rows = self._read_file(name, physical, values, columns=["uri", "video_id"])
-            drop = pc.is_in(rows.column("uri"), value_set=pa.array(wanted.tolist(), pa.string()))
+            drop = pc.is_in(rows.column("uri"), value_set=wanted_uris)
             if name in tables.MODEL_TABLES and models is not None:
-                stale = pc.invert(
-                    pc.is_in(rows.column("video_id"), pa.array(sorted(keep_ids), pa.string()))
-                )
+                stale = pc.invert(pc.is_in(rows.column("video_id"), current_ids))
                 if values.get("model") not in models:
                     drop = pc.and_(drop, stale)
             hits = pc.sum(drop).as_py() or 0

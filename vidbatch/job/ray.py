@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from vidbatch.config import Resources
-from vidbatch.job.stages import Stage
+from vidbatch.job.stages import ProbeStage, Stage, WriteStage
 
 
 def start_ray(*, verbose: bool = False) -> None:
@@ -52,7 +52,8 @@ def start_ray(*, verbose: bool = False) -> None:
     context.op_resource_reservation_enabled = False
 
 
-RESERVED_CPUS = 0.5  # a probe task and a write task per node, a quarter CPU each
+# Per node: room for a probe task and a write task beside the workers.
+RESERVED_CPUS = ProbeStage.num_cpus + WriteStage.num_cpus
 # Stateless stages (probe, write) wait on storage: spread them over the nodes, not the driver's.
 TASK_PLACEMENT = {"scheduling_strategy": "SPREAD"}
 
@@ -97,8 +98,8 @@ def size_job(
     every node: Ray could not schedule them where the workers held every CPU."""
     gpus = float(cluster.get("GPU", 0))
     cpus = max(1.0, float(cluster.get("CPU", 1)))
-    work = max(1, work)
-    spare = max(0.25, cpus - RESERVED_CPUS * max(1, nodes))  # what the workers may ask for
+    work, nodes = max(1, work), max(1, nodes)
+    spare = max(0.25, cpus - RESERVED_CPUS * nodes)  # what the workers may ask for
     if resources.gpus_per_actor == "auto":
         per_gpu_actor = 1.0 if gpus else 0.0
     else:
@@ -113,7 +114,7 @@ def size_job(
     actors = max(1, min(actors, work))
     fused = not per_gpu_actor and resources.decode_actors == "auto"
     if fused:
-        return Sizing(True, actors, 0.0, spare / actors, 0, 0.0, batch, max(1, nodes))
+        return Sizing(True, actors, 0.0, spare / actors, 0, 0.0, batch, nodes)
     per_inference = 1.0 if per_gpu_actor else min(1.0, spare / (2 * actors))
     left = spare - per_inference * actors
     decoders = (
@@ -123,9 +124,7 @@ def size_job(
     )
     decoders = max(1, min(decoders, work))
     per_decoder = min(float(resources.decode_cpus), max(0.1, left / decoders))
-    return Sizing(
-        False, actors, per_gpu_actor, per_inference, decoders, per_decoder, batch, max(1, nodes)
-    )
+    return Sizing(False, actors, per_gpu_actor, per_inference, decoders, per_decoder, batch, nodes)
 
 
 class _StageWorker:
@@ -151,7 +150,7 @@ def apply_stage(
     ds: Any,
     stage: Stage,
     *,
-    actors: int | tuple[int, int] | None = None,
+    actors: int | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     tasks: int | None = None,
@@ -186,14 +185,13 @@ def apply_stage(
             # every call that passes one the old way (pyproject keeps Ray below 2.64).
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             return ds.map_batches(run, **options, **TASK_PLACEMENT)
-    size = actors if isinstance(actors, tuple) else (actors, actors)
     # A worker class per stage, so `ps` and Ray's dashboard name the stage a process runs.
     worker = type(
         type(stage).__name__, (_StageWorker,), {"__module__": __name__, "stage_template": stage}
     )
     return ds.map_batches(
         worker,
-        compute=ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1]),
+        compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors),
         **options,
     )
 

@@ -306,15 +306,20 @@ def shots_rows(
     """The chunk's `shots` rows, per video and shot model, from the transitions its work units
     found (a few per minute of video): shots need the whole video, so they are cut here."""
     models = {m.name: m for m in plan.models if m.task == "shots"}
+    if not models:
+        return tables.empty("shots")
+    thresholds: dict[str, float] = {}
+    for config in plan.config.models:
+        if config.name in models:
+            thresholds.setdefault(config.name, config.threshold)
     rows = []
     for video in chunk.to_pylist():
         state = progress[video["video_id"]]
-        if video["video_id"] in failed or not models:
+        if video["video_id"] in failed:
             continue
         duration = float(state.info.get("duration_s") or 0.0)
         for name, model in models.items():
-            config = next(c for c in plan.config.models if c.name == name)
-            for shot in shots_of(state.transitions.get(name, []), duration, config.threshold):
+            for shot in shots_of(state.transitions.get(name, []), duration, thresholds[name]):
                 rows.append(
                     {
                         "video_id": video["video_id"],
