@@ -218,7 +218,7 @@ class DecodeStage(Stage):
 
         out: dict[str, Any] = {**row, "frames_decoded": 0, "frames_used": 0, "frames_delivered": 0}
         segment = Segment(int(row["segment_index"]), float(row["start_s"]), float(row["end_s"]))
-        last = int(row["segment_index"]) == int(row["segment_count"]) - 1
+        last = _is_last(row)
         duration = 0.0 if row["error"] else float(row["duration_s"])  # a failed unit has none
         starts = {
             spec: in_segment(clip_starts(duration, spec), segment, last)
@@ -328,6 +328,11 @@ def put_array(row: dict[str, Any], name: str, array: np.ndarray | None, empty_ta
 def get_array(row: Mapping[str, Any], name: str) -> np.ndarray:
     shape = tuple(int(s) for s in row[f"{name}_shape"])
     return np.frombuffer(row[name], np.uint8).reshape(shape)
+
+
+def _is_last(unit: Mapping[str, Any]) -> bool:
+    """Whether a work unit is its video's last segment (the one that runs to the end)."""
+    return int(unit["segment_index"]) == int(unit["segment_count"]) - 1
 
 
 def _row(batch: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
@@ -466,7 +471,7 @@ class InferenceStage(Stage):
         first shot model's, cut by the same rule as the `shots` table."""
         times = np.asarray(unit["shot_times"], np.float64)
         duration = float(unit["duration_s"])
-        last = int(unit["segment_index"]) == int(unit["segment_count"]) - 1
+        last = _is_last(unit)
         start, end = float(unit["start_s"]), duration if last else float(unit["end_s"])
         (config, _), *_ = self._models("shots")
         shots = shots_of(cuts.get(config.name, []), duration, config.threshold)
@@ -501,7 +506,7 @@ class InferenceStage(Stage):
             return {}
         frames = get_array(unit, "shot_frames")
         times = np.asarray(unit["shot_times"], np.float64)
-        last = int(unit["segment_index"]) == int(unit["segment_count"]) - 1
+        last = _is_last(unit)
         start, end = float(unit["start_s"]), math.inf if last else float(unit["end_s"])
         following = np.r_[times[1:], float(unit["duration_s"])]
         own = (times >= start - 1e-9) & (times < end - 1e-9)

@@ -52,8 +52,8 @@ def evaluate_classification(predictions: pa.Table, truth: pa.Table) -> dict[str,
     `predictions` are clips rows (uri, clip_start_s, label, model[, score]); `truth` has one
     (uri, label) per video. Clips of videos without a truth label are counted, not scored.
     """
-    _require(predictions, ("uri", "label", "model"), "classification predictions")
-    _require(truth, ("uri", "label"), "classification truth")
+    _require(predictions, PREDICTION_COLUMNS["clips"], "classification predictions")
+    _require(truth, TRUTH_COLUMNS["labels"], "classification truth")
     truth_label = dict(zip(_uris(truth), truth.column("label").to_pylist(), strict=True))
     uris = _uris(predictions)
     labels = predictions.column("label").to_pylist()
@@ -144,10 +144,8 @@ def evaluate_detection(
     on the sampling grid inferred from the predicted times (videos where no model detected
     anything are then not scored; `evaluate` on an index folder lists them from `videos/`).
     """
-    _require(
-        predictions, ("uri", "frame_time_s", "label", "score", *BOX_COLUMNS, "model"), "detections"
-    )
-    _require(truth, ("uri", "frame_time_s", "label", *BOX_COLUMNS), "detection truth")
+    _require(predictions, PREDICTION_COLUMNS["detections"], "detections")
+    _require(truth, TRUTH_COLUMNS["boxes"], "detection truth")
     index = _FrameIndex(_uris(truth), _times(truth))
     truth_frame = index.lookup(_uris(truth), _times(truth))
     pred_frame = index.lookup(_uris(predictions), _times(predictions))
